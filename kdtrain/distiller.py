@@ -1,0 +1,497 @@
+"""The Distiller: a `keras.Model` that trains a student on a frozen teacher."""
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from kdtrain import losses as losses_module
+from kdtrain.outputs import output_units
+from kdtrain.outputs import resolve_output_kind
+from kdtrain.outputs import to_logits
+from kdtrain.outputs import to_probabilities
+
+
+def validate_ground_truth_weight(weight):
+    """Returns `weight` as a float, or raises if it is not in [0, 1]."""
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or not math.isfinite(weight)
+        or not 0.0 <= weight <= 1.0
+    ):
+        raise ValueError(
+            "`ground_truth_weight` must be a finite number in [0, 1]. "
+            f"Received: ground_truth_weight={weight!r}"
+        )
+    return float(weight)
+
+
+def _check_models(student, teacher):
+    for argument, model in (("student", student), ("teacher", teacher)):
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                f"`{argument}` must be a keras.Model. "
+                f"Received: {argument}={model!r}"
+            )
+    if student is teacher:
+        raise ValueError(
+            "The student and the teacher are the same object: training the "
+            "student would change its own teacher. Build a fresh student "
+            f"(e.g. keras.models.clone_model). Received: model {student.name!r}"
+            " as both."
+        )
+    if not teacher.built:
+        raise ValueError(
+            f"The teacher {teacher.name!r} is not built, so it has no trained "
+            "weights. Train it (or load a trained model) before distilling."
+        )
+    teacher_variables = {id(v) for v in teacher.weights}
+    shared = [v.path for v in student.weights if id(v) in teacher_variables]
+    if shared:
+        raise ValueError(
+            "The student shares weights with the teacher, so training it "
+            f"would change the teacher: {', '.join(shared[:5])}. Build the "
+            "student from fresh layers."
+        )
+
+
+def _check_output_shapes(teacher_shape, student_shape):
+    if teacher_shape is None or student_shape is None:
+        return
+    teacher_shape, student_shape = tuple(teacher_shape), tuple(student_shape)
+    if teacher_shape != student_shape:
+        raise ValueError(
+            "The teacher's and the student's outputs must have the same "
+            f"shape. Received: teacher output shape={teacher_shape}, student "
+            f"output shape={student_shape}"
+        )
+
+
+def _static_output_shape(model):
+    try:
+        return tuple(model.outputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _per_sample(values):
+    """Averages any axes after the batch axis: one loss value per sample."""
+    values = ops.cast(values, "float32")
+    if len(values.shape) > 1:
+        values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
+    return values
+
+
+def weighted_mean(values, sample_weight=None):
+    """Keras' "sum_over_batch_size" reduction: sum(values * w) / batch size."""
+    values = _per_sample(values)
+    if sample_weight is not None:
+        weight = ops.reshape(ops.cast(sample_weight, values.dtype), (-1,))
+        values = values * weight
+    batch_size = ops.cast(ops.shape(values)[0], values.dtype)
+    return ops.divide_no_nan(ops.sum(values), batch_size)
+
+
+def num_replicas():
+    """Replicas that each compute the loss on their share of the batch."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+@keras.saving.register_keras_serializable(package="kdtrain")
+class Distiller(keras.Model):
+    """Trains a student to match a frozen teacher, the way `model.fit` trains.
+
+    Each training step runs the teacher in inference mode, outside the
+    gradient tape, and the student in training mode; the loss is
+
+    `(1 - w) * distillation_loss + w * ground_truth_loss`
+
+    with `w = ground_truth_weight`. `evaluate()` and `predict()` use the
+    student alone: `evaluate()` reports the ground-truth loss and the
+    compiled metrics against the labels, without running the teacher.
+
+    Outputs may be logits or probabilities (a final softmax, or a single
+    sigmoid unit for binary classifiers). Probabilities are turned into
+    log-probabilities, so a temperature softens a softmax-headed teacher
+    exactly as it softens its logits.
+
+    Args:
+        student: The `keras.Model` to train.
+        teacher: A trained `keras.Model` with the student's output shape. It
+            is frozen (`trainable = False`) and always called with
+            `training=False`.
+        teacher_outputs: `"auto"` (detect a final softmax or sigmoid),
+            `"logits"` or `"probabilities"`.
+        student_outputs: Same for the student.
+        name: Name of the model.
+        **kwargs: Passed to `keras.Model`.
+
+    Attributes:
+        student: The student; after `fit` it is a standalone trained model
+            (`distiller.student.save("student.keras")`).
+        teacher: The frozen teacher.
+
+    Example:
+
+    ```python
+    distiller = kdtrain.Distiller(student, teacher)
+    distiller.compile(
+        optimizer="adam",
+        distillation_loss=kdtrain.losses.KLDivergence(temperature=4.0),
+        ground_truth_weight=0.1,
+        metrics=["accuracy"],
+    )
+    distiller.fit(x_train, y_train, epochs=10, validation_data=(x_val, y_val))
+    distiller.evaluate(x_test, y_test)  # the student alone
+    distiller.student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        student,
+        teacher,
+        teacher_outputs="auto",
+        student_outputs="auto",
+        name="distiller",
+        **kwargs,
+    ):
+        _check_models(student, teacher)
+        teacher_kind = resolve_output_kind(
+            teacher, teacher_outputs, "teacher_outputs"
+        )
+        student_kind = resolve_output_kind(
+            student, student_outputs, "student_outputs"
+        )
+        _check_output_shapes(
+            _static_output_shape(teacher), _static_output_shape(student)
+        )
+        super().__init__(name=name, **kwargs)
+        self.student = student
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.teacher_outputs = teacher_kind
+        self.student_outputs = student_kind
+        self._output_kind_arguments = {
+            "teacher_outputs": teacher_outputs,
+            "student_outputs": student_outputs,
+        }
+        self.distillation_loss_tracker = keras.metrics.Mean(
+            name="distillation_loss"
+        )
+        self.ground_truth_loss_tracker = keras.metrics.Mean(
+            name="ground_truth_loss"
+        )
+        self.distillation_loss = losses_module.SoftTargets()
+        self.ground_truth_weight = 0.0
+        self.ground_truth_loss = None
+        if student.built:
+            self.built = True
+
+    def compile(
+        self,
+        optimizer="adam",
+        distillation_loss="soft_targets",
+        ground_truth_weight=0.0,
+        ground_truth_loss=None,
+        metrics=("accuracy",),
+        **kwargs,
+    ):
+        """Configures the distillation.
+
+        Args:
+            optimizer: A Keras optimizer or its name.
+            distillation_loss: A `kdtrain.losses.DistillationLoss` or one of
+                `"soft_targets"`, `"kl"`, `"logits_mse"`.
+            ground_truth_weight: `w` in `(1 - w) * distillation + w *
+                ground_truth`, a number in [0, 1]. With 0 the data need not
+                carry labels.
+            ground_truth_loss: The loss against the labels, given the
+                student's outputs as they are (a Keras loss, its name, or a
+                function returning per-sample values). `None` picks the
+                crossentropy that fits the labels (integer, one-hot or
+                binary 0/1) and the student's output kind.
+            metrics: Metrics of the student against the labels. They see the
+                student's probabilities (softmax or sigmoid of logits).
+            **kwargs: Other arguments of `keras.Model.compile`
+                (`jit_compile`, `steps_per_execution`, `weighted_metrics`...).
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError(
+                "Distiller.compile() takes `distillation_loss` and "
+                "`ground_truth_loss` instead of `loss`. "
+                f"Received: loss={kwargs['loss']!r}"
+            )
+        kwargs.pop("loss", None)
+        self.distillation_loss = losses_module.get(distillation_loss)
+        self.ground_truth_weight = validate_ground_truth_weight(
+            ground_truth_weight
+        )
+        self.ground_truth_loss = (
+            None if ground_truth_loss is None else keras.losses.get(
+                ground_truth_loss
+            )
+        )
+        if metrics is not None:
+            metrics = list(metrics)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if not config:
+            return config
+        return {
+            **config,
+            "distillation_loss": keras.saving.serialize_keras_object(
+                self.distillation_loss
+            ),
+            "ground_truth_weight": self.ground_truth_weight,
+            "ground_truth_loss": keras.saving.serialize_keras_object(
+                self.ground_truth_loss
+            ),
+        }
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    # Outputs as logits --------------------------------------------------
+
+    def teacher_logits(self, x):
+        """The teacher's outputs on `x` as float32 logits (inference mode)."""
+        outputs = self.teacher(x, training=False)
+        return ops.stop_gradient(to_logits(outputs, self.teacher_outputs))
+
+    def _labels_as_distribution(self, y, classes):
+        """Labels as float rows of the logits' shape (one-hot, or 0/1)."""
+        fmt = self._label_format(y, classes)
+        if fmt == "sparse":
+            y = ops.reshape(ops.cast(y, "int32"), (-1,))
+            return ops.one_hot(y, classes, dtype="float32")
+        return ops.reshape(ops.cast(y, "float32"), (-1, classes))
+
+    def _label_format(self, y, classes):
+        """"binary", "categorical" or "sparse", from the static shapes."""
+        shape = tuple(y.shape)
+        if classes == 1:
+            if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+                return "binary"
+        elif len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+            return "sparse"
+        elif len(shape) == 2 and shape[1] == classes:
+            return "categorical"
+        raise ValueError(
+            f"Labels of shape {shape} cannot fit the student's output of "
+            f"{classes} unit(s): expected integer class labels of shape "
+            f"(batch,) or (batch, 1)"
+            + (
+                " with values 0 and 1."
+                if classes == 1
+                else f", or one-hot labels of shape (batch, {classes})."
+            )
+        )
+
+    # Losses ---------------------------------------------------------------
+
+    def _ground_truth_values(self, y, student_outputs):
+        """Per-sample loss of the student against the labels."""
+        if self.ground_truth_loss is not None:
+            loss = self.ground_truth_loss
+            if isinstance(loss, keras.losses.Loss):
+                y_true = ops.convert_to_tensor(y, dtype=loss.dtype)
+                y_pred = ops.convert_to_tensor(student_outputs, loss.dtype)
+                return _per_sample(loss.call(y_true, y_pred))
+            return _per_sample(loss(y, student_outputs))
+        logits = to_logits(student_outputs, self.student_outputs)
+        classes = logits.shape[-1]
+        fmt = self._label_format(y, classes)
+        if fmt == "binary":
+            y = ops.reshape(ops.cast(y, "float32"), (-1, 1))
+            return keras.losses.binary_crossentropy(y, logits, from_logits=True)
+        if fmt == "categorical":
+            return keras.losses.categorical_crossentropy(
+                ops.cast(y, "float32"), logits, from_logits=True
+            )
+        y = ops.reshape(ops.cast(y, "int32"), (-1,))
+        return keras.losses.sparse_categorical_crossentropy(
+            y, logits, from_logits=True
+        )
+
+    def _distillation_values(self, y, teacher_logits, student_outputs):
+        """Per-sample distillation loss."""
+        student_logits = to_logits(student_outputs, self.student_outputs)
+        _check_output_shapes(
+            teacher_logits.shape[1:], student_logits.shape[1:]
+        )
+        if self.distillation_loss.uses_labels:
+            if y is None:
+                raise ValueError(
+                    f"The distillation loss {self.distillation_loss.name!r} "
+                    "needs labels, but the data carries none."
+                )
+            labels = self._labels_as_distribution(y, student_logits.shape[-1])
+            values = self.distillation_loss.call(
+                teacher_logits, student_logits, labels=labels
+            )
+        else:
+            values = self.distillation_loss.call(teacher_logits, student_logits)
+        return _per_sample(values)
+
+    def _regularization_loss(self):
+        if not self.student.losses:
+            return None
+        return ops.sum([ops.cast(v, "float32") for v in self.student.losses])
+
+    def compute_distillation_loss(
+        self, y, teacher_logits, student_outputs, sample_weight=None
+    ):
+        """The total training loss of one batch, before distribution scaling.
+
+        Updates the `distillation_loss` and `ground_truth_loss` trackers.
+
+        Args:
+            y: Labels, or None for unlabeled data.
+            teacher_logits: The teacher's logits for the batch.
+            student_outputs: The student's outputs as it emits them.
+            sample_weight: Optional per-sample weights.
+
+        Returns:
+            The scalar loss: the mix of the two losses plus the student's
+            regularization losses.
+        """
+        w = self.ground_truth_weight
+        batch_size = ops.shape(teacher_logits)[0]
+        distillation = weighted_mean(
+            self._distillation_values(y, teacher_logits, student_outputs),
+            sample_weight,
+        )
+        self.distillation_loss_tracker.update_state(
+            distillation, sample_weight=batch_size
+        )
+        total = distillation if w == 0.0 else (1.0 - w) * distillation
+        if y is not None:
+            ground_truth = weighted_mean(
+                self._ground_truth_values(y, student_outputs), sample_weight
+            )
+            self.ground_truth_loss_tracker.update_state(
+                ground_truth, sample_weight=batch_size
+            )
+            if w > 0.0:
+                total = total + w * ground_truth
+        regularization = self._regularization_loss()
+        if regularization is not None:
+            total = total + regularization
+        return total
+
+    def _check_labels(self, y):
+        if y is None and self.ground_truth_weight > 0.0:
+            raise ValueError(
+                "`ground_truth_weight` is "
+                f"{self.ground_truth_weight}, but the data carries no labels."
+                " Pass (x, y) data, or compile with ground_truth_weight=0 to "
+                "distill on unlabeled data."
+            )
+
+    # Steps ----------------------------------------------------------------
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_labels(y)
+        teacher_logits = self.teacher_logits(x)
+        with tf.GradientTape() as tape:
+            student_outputs = self.student(x, training=True)
+            loss = self.compute_distillation_loss(
+                y, teacher_logits, student_outputs, sample_weight
+            )
+            self._loss_tracker.update_state(
+                loss, sample_weight=ops.shape(teacher_logits)[0]
+            )
+            # Each replica's gradients are summed across replicas, so the
+            # per-replica mean is divided by their number (as Keras does).
+            loss = loss / num_replicas()
+            loss = self.optimizer.scale_loss(loss)
+        trainable_variables = self.trainable_variables
+        gradients = tape.gradient(loss, trainable_variables)
+        self.optimizer.apply(gradients, trainable_variables)
+        return self.compute_metrics(x, y, student_outputs, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(
+                "Distiller.evaluate() measures the student against labels, "
+                "but the data carries none. Pass (x, y) data."
+            )
+        student_outputs = self.student(x, training=False)
+        loss = weighted_mean(
+            self._ground_truth_values(y, student_outputs), sample_weight
+        )
+        regularization = self._regularization_loss()
+        if regularization is not None:
+            loss = loss + regularization
+        self._loss_tracker.update_state(
+            loss, sample_weight=ops.shape(student_outputs)[0]
+        )
+        self._update_compiled_metrics(y, student_outputs, sample_weight)
+        return self._results(labels=True, training=False)
+
+    # Metrics ----------------------------------------------------------------
+
+    def _update_compiled_metrics(self, y, student_outputs, sample_weight):
+        if y is not None and self._compile_metrics is not None:
+            probabilities = to_probabilities(
+                student_outputs, self.student_outputs
+            )
+            self._compile_metrics.update_state(y, probabilities, sample_weight)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self._update_compiled_metrics(y, y_pred, sample_weight)
+        return self._results(labels=y is not None, training=True)
+
+    def _results(self, labels, training):
+        skipped = set()
+        if not labels:
+            skipped |= {id(self._compile_metrics), id(self.ground_truth_loss_tracker)}
+        if not training:
+            skipped |= {
+                id(self.distillation_loss_tracker),
+                id(self.ground_truth_loss_tracker),
+            }
+        results = {}
+        for metric in self.metrics:
+            if id(metric) in skipped:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
+
+    def get_metrics_result(self):
+        built = self._compile_metrics is None or self._compile_metrics.built
+        return self._results(labels=built, training=True)
+
+    # Serialization ----------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            **self._output_kind_arguments,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("student", "teacher"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)

@@ -1,0 +1,42 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits: 1797 8x8 images flattened to 64 features."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return (x / 16.0).astype("float32"), y.astype("int64")
+
+
+def mlp(hidden=16, classes=10, activation=None, inputs=64, seed=0):
+    """A small Dense classifier; `activation` is the head's activation."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(classes, activation=activation),
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(digits):
+    """A softmax-headed teacher trained on digits to ~95% accuracy."""
+    x, y = digits
+    teacher = mlp(64, activation="softmax", seed=1)
+    teacher.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    teacher.fit(x, y, epochs=15, batch_size=64, verbose=0)
+    return teacher
