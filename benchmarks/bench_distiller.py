@@ -1,0 +1,127 @@
+"""Benchmark: the cost of a kdtrain Distiller epoch and evaluate.
+
+In one process, with interleaved repeats and medians (see timing.py), on a
+WRN-16-1 teacher and student and Fashion-MNIST (digits where Fashion-MNIST is
+absent):
+
+- a plain `student.fit` epoch, a kdtrain `Distiller` epoch and a
+  `keras.distillation.Distiller` epoch (same loss kind: KL at T=4 mixed 50/50
+  with the label crossentropy);
+- `evaluate` of the bare student and of both distillers;
+- teacher inference over the training data.
+
+Targets: kdtrain fit <= 1.0x keras.distillation's fit; kdtrain evaluate
+<= 1.05x the plain student's evaluate.
+
+    python benchmarks/bench_distiller.py              # about 10 minutes
+    python benchmarks/bench_distiller.py --quick      # about 2 minutes
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+from keras import distillation as keras_distillation  # noqa: E402
+
+import kdtrain  # noqa: E402
+from kdtrain import data as kdata  # noqa: E402
+from kdtrain import models  # noqa: E402
+from timing import interleaved  # noqa: E402
+from timing import print_report  # noqa: E402
+from timing import ratio_rows  # noqa: E402
+
+
+def load(samples, batch_size):
+    for name in ("fashion_mnist", "digits"):
+        try:
+            return name, kdata.load(
+                name,
+                batch_size=batch_size,
+                train_size=samples,
+                test_size=samples // 2,
+                validation_split=0.0,
+                shuffle=False,
+            )
+        except FileNotFoundError:
+            continue
+    raise SystemExit("no dataset available")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="wrn-16-1")
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true",
+                        help="512 samples, 5 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.samples = 512
+    dataset, loaded = load(args.samples, args.batch_size)
+    info = loaded.info
+    train, test = loaded.train.cache(), loaded.test.cache()
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        return models.build(args.model, num_classes=info.num_classes,
+                            input_shape=info.input_shape)
+
+    crossentropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    teacher = build(0)
+    teacher.compile(optimizer="adam", loss=crossentropy, metrics=["accuracy"])
+    teacher.fit(train, epochs=1, verbose=0)
+
+    plain = build(1)
+    plain.compile(optimizer="adam", loss=crossentropy, metrics=["accuracy"])
+
+    ours = kdtrain.Distiller(build(1), teacher)
+    ours.compile(optimizer="adam",
+                 distillation_loss=kdtrain.losses.KLDivergence(4.0),
+                 ground_truth_weight=0.5, metrics=["accuracy"])
+
+    theirs = keras_distillation.Distiller(
+        teacher=teacher, student=build(1),
+        distillation_losses=keras_distillation.LogitsDistillation(4.0),
+        student_loss_weight=0.5,
+    )
+    theirs.compile(optimizer="adam", loss=crossentropy, metrics=["accuracy"])
+
+    cases = {
+        "plain student fit": lambda: plain.fit(train, epochs=1, verbose=0),
+        "kdtrain fit": lambda: ours.fit(train, epochs=1, verbose=0),
+        "keras.distillation fit": lambda: theirs.fit(train, epochs=1, verbose=0),
+        "teacher inference": lambda: teacher.predict(train, verbose=0),
+        "plain student evaluate": lambda: plain.evaluate(test, verbose=0),
+        "kdtrain evaluate": lambda: ours.evaluate(test, verbose=0),
+        "keras.distillation evaluate": lambda: theirs.evaluate(test, verbose=0),
+    }
+    results = interleaved(cases, repeats=args.repeats)
+    rows = ratio_rows(results, [
+        ("kdtrain fit / keras.distillation fit", "kdtrain fit",
+         "keras.distillation fit", 1.0),
+        ("kdtrain fit / (plain fit + teacher inference)", "kdtrain fit",
+         ["plain student fit", "teacher inference"], 1.05),
+        ("kdtrain fit / plain student fit", "kdtrain fit",
+         "plain student fit", None),
+        ("kdtrain evaluate / plain evaluate", "kdtrain evaluate",
+         "plain student evaluate", 1.05),
+        ("keras.distillation evaluate / plain evaluate",
+         "keras.distillation evaluate", "plain student evaluate", None),
+    ])
+    print_report(
+        results, rows,
+        f"{args.model} on {dataset}: {info.num_train} training and "
+        f"{info.num_test} test images, batch {args.batch_size}, "
+        f"{args.repeats} interleaved repeats (medians)",
+    )
+
+
+if __name__ == "__main__":
+    main()
