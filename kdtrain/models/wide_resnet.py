@@ -1,0 +1,273 @@
+"""Wide Residual Networks (Zagoruyko & Komodakis, 2016) as a Keras model."""
+
+import numbers
+
+import keras
+
+OUTPUT_MODES = ("logits", "softmax", "sigmoid")
+GROUP_NAMES = ("group_1", "group_2", "group_3")
+MIN_SPATIAL_SIZE = 4
+
+
+def _check_positive_int(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def valid_depths(limit=10):
+    """Returns the first `limit` depths allowed for a WRN (6n + 4)."""
+    return [6 * n + 4 for n in range(1, limit + 1)]
+
+
+def _check_input_shape(input_shape):
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if shape is None or len(shape) != 3:
+        raise ValueError(
+            "`input_shape` must be a 3-tuple (height, width, channels). "
+            f"Received: input_shape={input_shape!r}"
+        )
+    height, width, channels = shape
+    if channels is None:
+        raise ValueError(
+            "The channel dimension of `input_shape` must be known. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    _check_positive_int("input_shape[-1]", channels)
+    for dim_name, dim in (("height", height), ("width", width)):
+        if dim is None:
+            continue
+        if (
+            isinstance(dim, bool)
+            or not isinstance(dim, numbers.Integral)
+            or dim < MIN_SPATIAL_SIZE
+        ):
+            raise ValueError(
+                f"Input {dim_name} {dim!r} is too small for a WideResNet: "
+                "groups 2 and 3 downsample by 2 each, so height and width "
+                f"must be at least {MIN_SPATIAL_SIZE} (then group_3 is "
+                f"1x1). Received: input_shape={input_shape!r}"
+            )
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+@keras.saving.register_keras_serializable(package="kdtrain")
+class WideResNet(keras.Model):
+    """Wide Residual Network (WRN-depth-width) for image classification.
+
+    The network of Zagoruyko & Komodakis, "Wide Residual Networks"
+    (BMVC 2016), with pre-activation basic blocks:
+
+    - a 3x3 convolution with 16 filters (the stem);
+    - three groups of `(depth - 4) // 6` blocks with `16 * width`,
+      `32 * width` and `64 * width` filters and strides 1, 2, 2. Each
+      block computes BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3 and adds a
+      shortcut: the identity, or a 1x1 convolution (applied to the
+      pre-activated input, as in the authors' code) wherever the number
+      of filters or the resolution changes - so also on the first block
+      of group 1 when `width > 1`;
+    - BN, ReLU, global average pooling and `Dense(num_classes)`.
+
+    Convolutions have no bias (each is followed by batch normalization)
+    and use He-normal initialization. The output of each group is the
+    `Add` layer of its last block, named `"group_1"`, `"group_2"` and
+    `"group_3"` (use them e.g. for attention transfer).
+
+    Differences from the listing in the seed report, which this class
+    does not reproduce: the report's model applied BN-ReLU to the raw
+    input, had an extra 1x1 convolution after the stem, used a projection
+    shortcut only when the stride changes and strided the shortcut's 1x1
+    convolution on the raw (not pre-activated) input. Here the paper is
+    followed. Dropout, as in the paper ("between convolutions and after
+    ReLU"), sits after the second ReLU, right before the second
+    convolution.
+
+    Args:
+        num_classes: Positive int, number of units of the final dense
+            layer. Use 1 with `output="sigmoid"` (or `"logits"`) for
+            binary problems.
+        depth: Positive int, total depth `6 * n + 4` (10, 16, 22, 28, ...).
+        width: Positive int, widening factor `k`.
+        input_shape: Tuple `(height, width, channels)`; height and width
+            must be at least 4 (or `None` for variable sizes), channels
+            must be known.
+        dropout: Float in `[0, 1)`, dropout rate inside each block.
+            Defaults to `0.0` (no dropout layers are created).
+        output: One of `"logits"` (default, the dense layer named
+            `"logits"` is the output), `"softmax"` or `"sigmoid"` (the
+            logits are followed by `Activation(output, name="probabilities")`).
+            `"sigmoid"` requires `num_classes=1`.
+        weight_decay: Non-negative float. When positive, an L2 penalty
+            `weight_decay * sum(w ** 2)` is added for every convolution
+            and dense kernel (SGD weight decay `lambda` corresponds to
+            `weight_decay = lambda / 2`). Defaults to `0.0`.
+        name: Optional model name, defaults to `"wrn_{depth}_{width}"`.
+
+    Returns:
+        A functional `keras.Model` mapping images to `(batch, num_classes)`
+        logits or probabilities.
+
+    Example:
+
+    >>> model = WideResNet(10, depth=16, width=1, input_shape=(32, 32, 3))
+    >>> model.get_layer("group_3").output.shape
+    (None, 8, 8, 64)
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        depth,
+        width,
+        *,
+        input_shape,
+        dropout=0.0,
+        output="logits",
+        weight_decay=0.0,
+        name=None,
+        **kwargs,
+    ):
+        num_classes = _check_positive_int("num_classes", num_classes)
+        depth = _check_positive_int("depth", depth)
+        width = _check_positive_int("width", width)
+        if (depth - 4) % 6 != 0 or depth < 10:
+            raise ValueError(
+                "`depth` must be 6 * n + 4 with n >= 1; valid depths are "
+                f"{', '.join(map(str, valid_depths(8)))}, ... "
+                f"Received: depth={depth}"
+            )
+        shape = _check_input_shape(input_shape)
+        if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                "`dropout` must be a float in [0, 1). "
+                f"Received: dropout={dropout!r}"
+            )
+        if output not in OUTPUT_MODES:
+            raise ValueError(
+                f"`output` must be one of {OUTPUT_MODES}. "
+                f"Received: output={output!r}"
+            )
+        if output == "sigmoid" and num_classes != 1:
+            raise ValueError(
+                '`output="sigmoid"` is for one-unit binary heads and needs '
+                f"num_classes=1. Received: num_classes={num_classes}"
+            )
+        if (
+            not isinstance(weight_decay, numbers.Real)
+            or weight_decay < 0
+        ):
+            raise ValueError(
+                "`weight_decay` must be a non-negative float. "
+                f"Received: weight_decay={weight_decay!r}"
+            )
+        if name is None:
+            name = f"wrn_{depth}_{width}"
+
+        blocks_per_group = (depth - 4) // 6
+        regularizer = (
+            keras.regularizers.L2(float(weight_decay)) if weight_decay else None
+        )
+
+        def conv(filters, kernel_size, strides, layer_name):
+            return keras.layers.Conv2D(
+                filters,
+                kernel_size,
+                strides=strides,
+                padding="same",
+                use_bias=False,
+                kernel_initializer="he_normal",
+                kernel_regularizer=regularizer,
+                name=layer_name,
+            )
+
+        def bn_relu(x, prefix):
+            x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+            return keras.layers.ReLU(name=f"{prefix}_relu")(x)
+
+        inputs = keras.Input(shape=shape, name="image")
+        x = conv(16, 3, 1, "stem_conv")(inputs)
+        in_filters = 16
+        for group, (filters, stride) in enumerate(
+            ((16 * width, 1), (32 * width, 2), (64 * width, 2)), start=1
+        ):
+            for block in range(1, blocks_per_group + 1):
+                prefix = f"group_{group}_block_{block}"
+                strides = stride if block == 1 else 1
+                pre = bn_relu(x, f"{prefix}_1")
+                if strides != 1 or in_filters != filters:
+                    shortcut = conv(filters, 1, strides, f"{prefix}_shortcut")(
+                        pre
+                    )
+                else:
+                    shortcut = x
+                y = conv(filters, 3, strides, f"{prefix}_conv_1")(pre)
+                y = bn_relu(y, f"{prefix}_2")
+                if dropout:
+                    y = keras.layers.Dropout(
+                        float(dropout), name=f"{prefix}_dropout"
+                    )(y)
+                y = conv(filters, 3, 1, f"{prefix}_conv_2")(y)
+                add_name = (
+                    f"group_{group}"
+                    if block == blocks_per_group
+                    else f"{prefix}_add"
+                )
+                x = keras.layers.Add(name=add_name)([shortcut, y])
+                in_filters = filters
+        x = bn_relu(x, "head")
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        outputs = keras.layers.Dense(
+            num_classes,
+            kernel_regularizer=regularizer,
+            name="logits",
+        )(x)
+        if output != "logits":
+            outputs = keras.layers.Activation(output, name="probabilities")(
+                outputs
+            )
+
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+
+        # Constructor arguments; set after `super().__init__()` as in
+        # keras_hub backbones. `input_shape` and `output` are properties of
+        # functional models, hence the different attribute names.
+        self.num_classes = num_classes
+        self.depth = depth
+        self.width = width
+        self.image_shape = shape
+        self.dropout = float(dropout)
+        self.output_mode = output
+        self.weight_decay = float(weight_decay)
+
+    def get_config(self):
+        return {
+            "num_classes": self.num_classes,
+            "depth": self.depth,
+            "width": self.width,
+            "input_shape": self.image_shape,
+            "dropout": self.dropout,
+            "output": self.output_mode,
+            "weight_decay": self.weight_decay,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        trainable = config.pop("trainable", True)
+        config.pop("dtype", None)
+        if config.get("input_shape") is not None:
+            config["input_shape"] = tuple(config["input_shape"])
+        model = cls(**config)
+        model.trainable = trainable
+        return model
