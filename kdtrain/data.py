@@ -1,7 +1,9 @@
 """Datasets as batched, prefetched `tf.data` pipelines with metadata.
 
 `load(name, **options)` returns a `LoadedData` with `train`, `validation`
-and `test` datasets of `(images, labels)` batches and a `DatasetInfo`.
+and `test` datasets of `(images, labels)` batches and a `DatasetInfo`;
+`describe(name, **options)` returns that `DatasetInfo` (as far as it is
+known) without reading any data, and validates the options the same way.
 
 Labels are sparse `int32` class indices of shape `(batch,)` for
 multi-class data (`info.label_format == "sparse"`) and `float32` 0/1 of
@@ -11,11 +13,14 @@ one-unit sigmoid/logit head and `keras.losses.BinaryCrossentropy`).
 
 import dataclasses
 import gzip
+import inspect
+import math
 import numbers
 import os
 import pathlib
 import pickle
 import zlib
+from typing import Optional
 
 import keras
 import numpy as np
@@ -60,7 +65,22 @@ CIFAR10_CLASS_NAMES = (
     "ship",
     "truck",
 )
+DIGITS_NUM_SAMPLES = 1797  # scikit-learn's load_digits()
+DIGITS_CLASS_NAMES = tuple(str(i) for i in range(10))
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+# Image folder options, as `keras.utils.image_dataset_from_directory`
+# takes them (`COLOR_MODES`: channels of each mode).
+COLOR_MODES = {"grayscale": 1, "rgb": 3, "rgba": 4}
+INTERPOLATIONS = (
+    "bilinear",
+    "nearest",
+    "bicubic",
+    "area",
+    "lanczos3",
+    "lanczos5",
+    "gaussian",
+    "mitchellcubic",
+)
 
 # Seed of the held-out test split made for datasets without one ("digits",
 # a plain image folder) and of `test_size` subsets: it does not follow
@@ -87,7 +107,7 @@ class DataFormatError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """Metadata of a loaded dataset.
+    """Metadata of a dataset, from `load()` or `describe()`.
 
     Attributes:
         name: Dataset name passed to `load()`.
@@ -96,14 +116,18 @@ class DatasetInfo:
         class_names: Tuple of class names, index = label.
         label_format: `"sparse"` (int32 class indices, shape `(batch,)`)
             or `"binary"` (float32 0/1, shape `(batch, 1)`).
-        num_train: Number of training samples.
-        num_validation: Number of validation samples (0 if none).
-        num_test: Number of test samples.
+        num_train: Number of training samples; `None` when unknown
+            (only from `describe()`, which reads no data).
+        num_validation: Number of validation samples (0 if none);
+            `None` when unknown (only from `describe()`).
+        num_test: Number of test samples; `None` when unknown (only
+            from `describe()`).
         augmented: Whether the training pipeline applies random
             augmentation (then each epoch sees different images).
         scaling: `"rescale"`, `"normalize"` or `"none"`.
         normalization_mean: Per-channel mean of the rescaled training
-            images when `scaling="normalize"`, else `None`.
+            images when `scaling="normalize"`, else `None` (always
+            `None` from `describe()`).
         normalization_std: Matching per-channel standard deviation.
     """
 
@@ -112,13 +136,13 @@ class DatasetInfo:
     input_shape: tuple
     class_names: tuple
     label_format: str
-    num_train: int
-    num_validation: int
-    num_test: int
+    num_train: Optional[int]
+    num_validation: Optional[int]
+    num_test: Optional[int]
     augmented: bool
     scaling: str = "rescale"
-    normalization_mean: tuple = None
-    normalization_std: tuple = None
+    normalization_mean: Optional[tuple] = None
+    normalization_std: Optional[tuple] = None
 
     @property
     def output_units(self):
@@ -263,14 +287,22 @@ def load(name, **options):
             `color_mode="rgb"`, `label_mode=None` (auto: `"binary"` for
             2 classes, else `"int"`), `class_names`, `interpolation`,
             `crop_to_aspect_ratio`, `pad_to_aspect_ratio`, `follow_links`
-            (as in `keras.utils.image_dataset_from_directory`), plus
-            `test_split=0.2`, `cache=True` (decoded images in memory; a
-            path caches to that file; `False` disables) and
+            (passed to `keras.utils.image_dataset_from_directory`, which
+            lists, decodes and resizes the images), plus
+            `num_classes` (optional; an error if the folder has another
+            number of classes), `test_split=0.2`, `cache=True` (decoded
+            images in memory, as uint8; a path caches to that file plus
+            `.train` / `.validation` / `.test`; `False` disables; files
+            are read in class order, and without an in-memory cache the
+            training shuffle buffer holds at most 8192 images) and
             `validate_images=True` (check each file with PIL up front).
             Layouts: `root/train/` + `root/test/` (validation carved from
             train), `root/train/` + `root/valid/` (or `validation/`) +
-            `root/test/`, or a plain folder of class folders (test and
-            validation carved out).
+            `root/test/`, `root/train/` + `root/valid/` (test carved from
+            train), or a plain folder of class folders (test and
+            validation carved out). Class indices follow the sorted class
+            folders of the training folder (or `class_names`) in every
+            split.
 
     Args:
         name: Dataset name, see `available()`.
@@ -280,6 +312,13 @@ def load(name, **options):
         A `LoadedData` with `train`, `validation` (or `None`) and `test`
         datasets of `(images, labels)` batches (images float32
         `(batch, height, width, channels)`) and `info`, a `DatasetInfo`.
+
+    Raises:
+        ValueError: Unknown dataset, bad option value, or data unfit for
+            classification (a single class, no images, ...).
+        TypeError: An option name the dataset does not take.
+        DatasetNotFoundError: The dataset's files are missing.
+        DataFormatError: A file is corrupt.
 
     Example:
 
@@ -295,18 +334,51 @@ def load(name, **options):
     model.fit(data.train, validation_data=data.validation, epochs=10)
     ```
     """
-    loaders = {
-        "digits": _load_digits,
-        "fashion_mnist": _load_fashion_mnist,
-        "cifar10": _load_cifar10,
-        "cifar100": _load_cifar100,
-        "image_folder": _load_image_folder,
-    }
-    if name not in loaders:
-        raise ValueError(
-            f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}."
-        )
-    return loaders[name](**options)
+    spec, common, dataset_options = _parse_options(name, options)
+    return spec.load(common, **dataset_options)
+
+
+def describe(name, **options):
+    """What `load(name, **options)` would return, without reading data.
+
+    Validates the options exactly as `load()` does (same errors) and
+    returns the `DatasetInfo` that `load()` would, as far as it is known
+    without the data files - for checking a configuration on a machine
+    that lacks the dataset. No image or data file is opened; for
+    `"image_folder"` the class folders are listed when `directory`
+    exists.
+
+    - Sample counts (`num_train`, `num_validation`, `num_test`) are
+      `None` when unknown: they are exact for `"digits"` (bundled with
+      scikit-learn), `num_validation` is `0` where it is known that there
+      will be no validation split, and everything else is `None`.
+    - `normalization_mean` / `normalization_std` are always `None` (they
+      are computed from the training images).
+    - `class_names` are the known names, generated ones (`"0"`, `"1"`, ...)
+      where `load()` would generate them too (`"digits"`, `"cifar100"`
+      read through `keras.datasets`), or `()` for an image folder that is
+      not there. An image folder that is not there needs `num_classes=`
+      (or `class_names=`).
+
+    Args:
+        name: Dataset name, see `available()`.
+        **options: As for `load()`.
+
+    Returns:
+        A `DatasetInfo`.
+
+    Raises:
+        ValueError, TypeError: As `load()` for the same options.
+
+    Example:
+
+    >>> info = describe("image_folder", directory="/data/skin_cancer",
+    ...                 image_size=(96, 96), num_classes=2)
+    >>> info.input_shape, info.label_format, info.num_train
+    ((96, 96, 3), 'binary', None)
+    """
+    spec, common, dataset_options = _parse_options(name, options)
+    return spec.describe(common, **dataset_options)
 
 
 # ---------------------------------------------------------------------------
@@ -337,22 +409,7 @@ def _common(
     validation_size=None,
     test_size=None,
 ):
-    def positive_int(arg, value, allow_none=False):
-        if value is None and allow_none:
-            return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Integral)
-            or value <= 0
-        ):
-            raise ValueError(
-                f"`{arg}` must be a positive integer"
-                f"{' or None' if allow_none else ''}. "
-                f"Received: {arg}={value!r}"
-            )
-        return int(value)
-
-    batch_size = positive_int("batch_size", batch_size)
+    batch_size = _positive_int("batch_size", batch_size)
     if (
         not isinstance(validation_split, numbers.Real)
         or not 0 <= validation_split < 1
@@ -375,10 +432,58 @@ def _common(
         shuffle=bool(shuffle),
         augment=augment,
         scaling=scaling,
-        train_size=positive_int("train_size", train_size, True),
-        validation_size=positive_int("validation_size", validation_size, True),
-        test_size=positive_int("test_size", test_size, True),
+        train_size=_positive_int("train_size", train_size, True),
+        validation_size=_positive_int("validation_size", validation_size, True),
+        test_size=_positive_int("test_size", test_size, True),
     )
+
+
+_COMMON_OPTIONS = tuple(inspect.signature(_common).parameters)
+
+
+def _parse_options(name, options):
+    """Validates `load()` / `describe()` options, reading no files.
+
+    Returns:
+        `(spec, common, dataset_options)`: the dataset's `_Spec`, the
+        common options as a `_Common` and the validated dataset options
+        (keyword arguments of `spec.load` and `spec.describe`).
+    """
+    if name not in _SPECS:
+        raise ValueError(
+            f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}."
+        )
+    spec = _SPECS[name]
+    own = tuple(inspect.signature(spec.options).parameters)
+    unknown = sorted(set(options) - set(own) - set(_COMMON_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"Dataset {name!r} got unknown option(s): {', '.join(unknown)}. "
+            f"Valid options: {', '.join(own + _COMMON_OPTIONS)}."
+        )
+    common = _common(
+        **{k: v for k, v in options.items() if k in _COMMON_OPTIONS}
+    )
+    dataset_options = spec.options(
+        **{k: v for k, v in options.items() if k in own}
+    )
+    return spec, common, dataset_options
+
+
+def _positive_int(arg, value, allow_none=False, minimum=1):
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(
+            f"`{arg}` must be {kind}{' or None' if allow_none else ''}. "
+            f"Received: {arg}={value!r}"
+        )
+    return int(value)
 
 
 def _resolve_augment(augment, seed):
@@ -413,6 +518,19 @@ def _check_fraction(arg, value):
     return float(value)
 
 
+def _check_path(arg, value):
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ValueError(
+            f"`{arg}` must be a path (str or os.PathLike) or None. "
+            f"Received: {arg}={value!r}"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Splits
+
+
 def _subset_indices(n, size, seed):
     """Sorted indices of a deterministic random subset of `size` of `n`."""
     if size is None or size >= n:
@@ -433,6 +551,69 @@ def _split_indices(n, fraction, seed):
         )
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+
+
+def _plan_splits(common, sizes, test_split=None):
+    """Which samples of which source each split takes.
+
+    Args:
+        common: The `_Common` options (validation split, seeds, caps).
+        sizes: Number of samples of each source: `"train"`, and
+            `"validation"` / `"test"` where the dataset has them. A
+            missing test source is carved out of train (`test_split`,
+            `TEST_SPLIT_SEED`), then a missing validation source
+            (`common.validation_split`, `common.seed`).
+        test_split: Fraction for a missing test source.
+
+    Returns:
+        A dict `{split: (source, indices)}` with sorted index arrays,
+        capped by `train_size` / `validation_size` / `test_size`.
+    """
+    pool = np.arange(sizes["train"])
+    plan = {}
+    if "test" in sizes:
+        plan["test"] = ("test", np.arange(sizes["test"]))
+    else:
+        keep, held = _split_indices(len(pool), test_split, TEST_SPLIT_SEED)
+        plan["test"] = ("train", pool[held])
+        pool = pool[keep]
+    if "validation" in sizes:
+        plan["validation"] = ("validation", np.arange(sizes["validation"]))
+    elif common.validation_split > 0:
+        keep, held = _split_indices(
+            len(pool), common.validation_split, common.seed
+        )
+        plan["validation"] = ("train", pool[held])
+        pool = pool[keep]
+    plan["train"] = ("train", pool)
+    caps = {
+        "train": (common.train_size, common.seed),
+        "validation": (common.validation_size, common.seed + 1),
+        "test": (common.test_size, TEST_SPLIT_SEED),
+    }
+    ordered = {}
+    for split in ("train", "validation", "test"):
+        if split in plan:
+            source, idx = plan[split]
+            size, seed = caps[split]
+            ordered[split] = (source, idx[_subset_indices(len(idx), size, seed)])
+    return ordered
+
+
+def _split_counts(plan):
+    counts = {split: len(idx) for split, (_, idx) in plan.items()}
+    counts.setdefault("validation", 0)
+    return counts
+
+
+def _unknown_counts(common, has_validation_source=False):
+    """Counts for `describe()` when the number of samples is unknown."""
+    no_validation = common.validation_split == 0 and not has_validation_source
+    return {
+        "train": None,
+        "validation": 0 if no_validation else None,
+        "test": None,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -499,49 +680,68 @@ def _finish(raw_batches, preprocess, training):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _encode_labels(y, label_format):
-    y = np.asarray(y).reshape(-1)
-    if label_format == "binary":
-        return y.astype("float32").reshape(-1, 1)
-    return y.astype("int32")
+def _info(name, common, counts, **meta):
+    """The `DatasetInfo` of `load()` and `describe()`."""
+    return DatasetInfo(
+        name=name,
+        num_train=counts["train"],
+        num_validation=counts["validation"],
+        num_test=counts["test"],
+        augmented=common.augment is not None,
+        scaling=common.scaling,
+        **meta,
+    )
 
 
-def _from_arrays(
-    name,
-    common,
-    *,
-    train,
-    test,
-    class_names,
-    value_max,
-    validation=None,
-    label_format="sparse",
-):
-    """Builds `LoadedData` from `(x, y)` numpy pairs (x: NHWC)."""
-    x_train, y_train = train
-    x_test, y_test = test
-    if validation is None and common.validation_split > 0:
-        keep, held = _split_indices(
-            len(x_train), common.validation_split, common.seed
-        )
-        validation = (x_train[held], y_train[held])
-        x_train, y_train = x_train[keep], y_train[keep]
-    splits = {"train": (x_train, y_train), "test": (x_test, y_test)}
-    if validation is not None:
-        splits["validation"] = validation
-    caps = {
-        "train": (common.train_size, common.seed),
-        "validation": (common.validation_size, common.seed + 1),
-        "test": (common.test_size, TEST_SPLIT_SEED),
+def _assemble(name, common, raw, adapt_batches, *, value_max, counts, **meta):
+    """Preprocesses raw splits into a `LoadedData`.
+
+    Args:
+        name: Dataset name.
+        common: The `_Common` options.
+        raw: Dict `{split: dataset of raw (x, y) batches}`, the training
+            one already shuffled as wanted.
+        adapt_batches: Callable returning un-shuffled raw training
+            batches; called only for `scaling="normalize"`.
+        value_max: Largest raw pixel value (rescaled to 1).
+        counts: Dict of the number of samples of each split.
+        **meta: `input_shape`, `class_names`, `label_format` and
+            `num_classes` for the `DatasetInfo`.
+    """
+    preprocess = _Preprocess(value_max, common.scaling, common.augment)
+    mean = std = None
+    if common.scaling == "normalize":
+        mean, std = preprocess.adapt(adapt_batches())
+    datasets = {
+        split: _finish(ds, preprocess, training=split == "train")
+        for split, ds in raw.items()
     }
-    for split, (x, y) in list(splits.items()):
-        size, seed = caps[split]
-        idx = _subset_indices(len(x), size, seed)
+    info = _info(
+        name,
+        common,
+        counts,
+        normalization_mean=mean,
+        normalization_std=std,
+        **meta,
+    )
+    return LoadedData(
+        train=datasets["train"],
+        validation=datasets.get("validation"),
+        test=datasets["test"],
+        info=info,
+    )
+
+
+def _from_arrays(name, common, *, train, test, class_names, value_max):
+    """Builds `LoadedData` from `(x, y)` numpy pairs (x: NHWC)."""
+    sources = {"train": train, "test": test}
+    plan = _plan_splits(common, {k: len(x) for k, (x, _) in sources.items()})
+    splits = {}
+    for split, (source, idx) in plan.items():
+        x, y = sources[source]
         if len(idx) != len(x):
             x, y = x[idx], y[idx]
-        splits[split] = (x, _encode_labels(y, label_format))
-
-    preprocess = _Preprocess(value_max, common.scaling, common.augment)
+        splits[split] = (x, np.asarray(y).reshape(-1).astype("int32"))
     raw = {
         split: _array_batches(
             x,
@@ -552,63 +752,82 @@ def _from_arrays(
         )
         for split, (x, y) in splits.items()
     }
-    if common.scaling == "normalize":
+
+    def adapt_batches():
         x, y = splits["train"]
-        unshuffled = _array_batches(x, y, 256, shuffle=False, seed=None)
-        mean, std = preprocess.adapt(unshuffled)
-    else:
-        mean = std = None
-    datasets = {
-        split: _finish(ds, preprocess, training=split == "train")
-        for split, ds in raw.items()
-    }
-    info = DatasetInfo(
-        name=name,
+        return _array_batches(x, y, 256, shuffle=False, seed=None)
+
+    return _assemble(
+        name,
+        common,
+        raw,
+        adapt_batches,
+        value_max=value_max,
+        counts=_split_counts(plan),
         num_classes=len(class_names),
-        input_shape=tuple(int(d) for d in splits["train"][0].shape[1:]),
+        input_shape=tuple(int(d) for d in train[0].shape[1:]),
         class_names=tuple(class_names),
-        label_format=label_format,
-        num_train=len(splits["train"][0]),
-        num_validation=len(splits["validation"][0])
-        if "validation" in splits
-        else 0,
-        num_test=len(splits["test"][0]),
-        augmented=common.augment is not None,
-        scaling=common.scaling,
-        normalization_mean=mean,
-        normalization_std=std,
+        label_format="sparse",
     )
-    return LoadedData(
-        train=datasets["train"],
-        validation=datasets.get("validation"),
-        test=datasets["test"],
-        info=info,
-    )
+
+
+def _array_loader(name, arrays, value_max=255.0):
+    """`load` of a dataset read into memory by `arrays(**options)`.
+
+    `arrays` returns `((x_train, y_train), (x_test, y_test), class_names)`
+    with NHWC uint8 images.
+    """
+
+    def load(common, **options):
+        train, test, class_names = arrays(**options)
+        return _from_arrays(
+            name,
+            common,
+            train=train,
+            test=test,
+            class_names=class_names,
+            value_max=value_max,
+        )
+
+    return load
 
 
 # ---------------------------------------------------------------------------
 # digits
 
 
-def _load_digits(*, test_split=0.2, **common):
-    common = _common(**common)
-    test_split = _check_fraction("test_split", test_split)
+def _digits_options(test_split=0.2):
+    return {"test_split": _check_fraction("test_split", test_split)}
+
+
+def _digits_arrays(*, test_split):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x = digits.images.astype("uint8")[..., None]
-    y = digits.target
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_split, stratify=y, random_state=TEST_SPLIT_SEED
+        x,
+        digits.target,
+        test_size=test_split,
+        stratify=digits.target,
+        random_state=TEST_SPLIT_SEED,
     )
-    return _from_arrays(
+    return (x_train, y_train), (x_test, y_test), DIGITS_CLASS_NAMES
+
+
+def _describe_digits(common, *, test_split):
+    # train_test_split's rounding of a float test_size.
+    num_test = math.ceil(test_split * DIGITS_NUM_SAMPLES)
+    sizes = {"train": DIGITS_NUM_SAMPLES - num_test, "test": num_test}
+    return _info(
         "digits",
         common,
-        train=(x_train, y_train),
-        test=(x_test, y_test),
-        class_names=[str(i) for i in range(10)],
-        value_max=16.0,
+        _split_counts(_plan_splits(common, sizes)),
+        num_classes=len(DIGITS_CLASS_NAMES),
+        input_shape=(8, 8, 1),
+        class_names=DIGITS_CLASS_NAMES,
+        label_format="sparse",
     )
 
 
@@ -727,8 +946,11 @@ def _fashion_mnist_not_found(detail):
     )
 
 
-def _load_fashion_mnist(*, data_dir=None, **common):
-    common = _common(**common)
+def _data_dir_options(data_dir=None):
+    return {"data_dir": _check_path("data_dir", data_dir)}
+
+
+def _fashion_mnist_arrays(*, data_dir):
     if data_dir is not None:
         files = _find_idx_files(data_dir)
         if files is None:
@@ -752,13 +974,10 @@ def _load_fashion_mnist(*, data_dir=None, **common):
                     + f"; keras.datasets failed with {type(e).__name__}: {e}"
                 ) from e
     (x_train, y_train), (x_test, y_test) = train, test
-    return _from_arrays(
-        "fashion_mnist",
-        common,
-        train=(x_train[..., None], y_train),
-        test=(x_test[..., None], y_test),
-        class_names=FASHION_MNIST_CLASS_NAMES,
-        value_max=255.0,
+    return (
+        (x_train[..., None], y_train),
+        (x_test[..., None], y_test),
+        FASHION_MNIST_CLASS_NAMES,
     )
 
 
@@ -835,100 +1054,279 @@ def _keras_dataset(loader, name, **kwargs):
         ) from e
 
 
-def _load_cifar10(*, data_dir=None, **common):
-    common = _common(**common)
-    class_names = CIFAR10_CLASS_NAMES
+def _read_cifar_batch(path, labels_key):
+    batch = _read_cifar_pickle(path)
+    x = _cifar_images(batch, path)
+    return x, _cifar_labels(batch, labels_key, path, len(x))
+
+
+def _cifar10_arrays(*, data_dir):
     if data_dir is None:
-        (x_train, y_train), (x_test, y_test) = _keras_dataset(
-            keras.datasets.cifar10.load_data, "cifar10"
-        )
-    else:
-        root = _find_cifar_dir(data_dir, "cifar-10-batches-py", "data_batch_1")
-        xs, ys = [], []
-        for i in range(1, 6):
-            path = root / f"data_batch_{i}"
-            batch = _read_cifar_pickle(path)
-            xs.append(_cifar_images(batch, path))
-            ys.append(_cifar_labels(batch, "labels", path, len(xs[-1])))
-        x_train, y_train = np.concatenate(xs), np.concatenate(ys)
-        path = root / "test_batch"
-        batch = _read_cifar_pickle(path)
-        x_test = _cifar_images(batch, path)
-        y_test = _cifar_labels(batch, "labels", path, len(x_test))
-        if (root / "batches.meta").is_file():
-            meta = _read_cifar_pickle(root / "batches.meta")
-            class_names = _decode_names(meta.get("label_names", class_names))
-    return _from_arrays(
-        "cifar10",
-        common,
-        train=(x_train, np.asarray(y_train).reshape(-1)),
-        test=(x_test, np.asarray(y_test).reshape(-1)),
-        class_names=class_names,
-        value_max=255.0,
-    )
+        train, test = _keras_dataset(keras.datasets.cifar10.load_data, "cifar10")
+        return train, test, CIFAR10_CLASS_NAMES
+    root = _find_cifar_dir(data_dir, "cifar-10-batches-py", "data_batch_1")
+    batches = [
+        _read_cifar_batch(root / f"data_batch_{i}", "labels") for i in range(1, 6)
+    ]
+    train = tuple(np.concatenate(parts) for parts in zip(*batches))
+    test = _read_cifar_batch(root / "test_batch", "labels")
+    class_names = CIFAR10_CLASS_NAMES
+    if (root / "batches.meta").is_file():
+        meta = _read_cifar_pickle(root / "batches.meta")
+        class_names = _decode_names(meta.get("label_names", class_names))
+    return train, test, class_names
 
 
-def _load_cifar100(*, data_dir=None, label_mode="fine", **common):
-    common = _common(**common)
+def _cifar100_options(data_dir=None, label_mode="fine"):
     if label_mode not in ("fine", "coarse"):
         raise ValueError(
             '`label_mode` must be "fine" or "coarse". '
             f"Received: label_mode={label_mode!r}"
         )
-    num_classes = 100 if label_mode == "fine" else 20
-    class_names = tuple(str(i) for i in range(num_classes))
+    return {"data_dir": _check_path("data_dir", data_dir), "label_mode": label_mode}
+
+
+def _cifar100_class_names(label_mode):
+    """Names used when the data carry none (keras.datasets)."""
+    return tuple(str(i) for i in range(100 if label_mode == "fine" else 20))
+
+
+def _cifar100_arrays(*, data_dir, label_mode):
+    class_names = _cifar100_class_names(label_mode)
     if data_dir is None:
-        (x_train, y_train), (x_test, y_test) = _keras_dataset(
+        train, test = _keras_dataset(
             keras.datasets.cifar100.load_data, "cifar100", label_mode=label_mode
         )
-    else:
-        root = _find_cifar_dir(data_dir, "cifar-100-python", "train")
-        key = f"{label_mode}_labels"
-        path = root / "train"
-        batch = _read_cifar_pickle(path)
-        x_train = _cifar_images(batch, path)
-        y_train = _cifar_labels(batch, key, path, len(x_train))
-        path = root / "test"
-        batch = _read_cifar_pickle(path)
-        x_test = _cifar_images(batch, path)
-        y_test = _cifar_labels(batch, key, path, len(x_test))
-        if (root / "meta").is_file():
-            meta = _read_cifar_pickle(root / "meta")
-            names = meta.get(f"{label_mode}_label_names")
-            if names is not None and len(names) == num_classes:
-                class_names = _decode_names(names)
-    return _from_arrays(
-        "cifar100",
-        common,
-        train=(x_train, np.asarray(y_train).reshape(-1)),
-        test=(x_test, np.asarray(y_test).reshape(-1)),
-        class_names=class_names,
-        value_max=255.0,
-    )
+        return train, test, class_names
+    root = _find_cifar_dir(data_dir, "cifar-100-python", "train")
+    train = _read_cifar_batch(root / "train", f"{label_mode}_labels")
+    test = _read_cifar_batch(root / "test", f"{label_mode}_labels")
+    if (root / "meta").is_file():
+        meta = _read_cifar_pickle(root / "meta")
+        names = meta.get(f"{label_mode}_label_names")
+        if names is not None and len(names) == len(class_names):
+            class_names = _decode_names(names)
+    return train, test, class_names
+
+
+def _fixed_describe(name, input_shape, class_names):
+    """`describe` of a dataset of fixed shape and classes (sparse labels).
+
+    `class_names` is a tuple, or a function of the dataset options.
+    """
+
+    def describe(common, **options):
+        names = class_names(**options) if callable(class_names) else class_names
+        return _info(
+            name,
+            common,
+            _unknown_counts(common),
+            num_classes=len(names),
+            input_shape=input_shape,
+            class_names=tuple(names),
+            label_format="sparse",
+        )
+
+    return describe
 
 
 # ---------------------------------------------------------------------------
 # Image folders
 
 
-def _index_folder(directory, class_names, follow_links):
-    """Sorted image paths and int labels of a folder of class folders."""
-    ds = keras.utils.image_dataset_from_directory(
-        directory,
-        labels="inferred",
-        label_mode="int",
+@dataclasses.dataclass(frozen=True)
+class _FolderOptions:
+    """Validated `"image_folder"` options."""
+
+    directory: object
+    image_size: tuple
+    color_mode: str
+    label_mode: object
+    class_names: object
+    num_classes: object
+    interpolation: str
+    crop_to_aspect_ratio: bool
+    pad_to_aspect_ratio: bool
+    follow_links: bool
+    test_split: float
+    cache: object  # True (memory), False or a file path (str)
+    validate_images: bool
+
+    @property
+    def input_shape(self):
+        return self.image_size + (COLOR_MODES[self.color_mode],)
+
+
+def _image_folder_options(
+    directory=None,
+    image_size=(256, 256),
+    color_mode="rgb",
+    label_mode=None,
+    class_names=None,
+    num_classes=None,
+    interpolation="bilinear",
+    crop_to_aspect_ratio=False,
+    pad_to_aspect_ratio=False,
+    follow_links=False,
+    test_split=0.2,
+    cache=True,
+    validate_images=True,
+):
+    if directory is None:
+        raise ValueError('"image_folder" needs `directory=` (a folder path).')
+    _check_path("directory", directory)
+    if isinstance(image_size, numbers.Integral) and not isinstance(
+        image_size, bool
+    ):
+        image_size = (image_size, image_size)
+    if (
+        not isinstance(image_size, (list, tuple))
+        or len(image_size) != 2
+        or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
+            for s in image_size
+        )
+    ):
+        raise ValueError(
+            "`image_size` must be (height, width) of positive ints. "
+            f"Received: image_size={image_size!r}"
+        )
+    if color_mode not in COLOR_MODES:
+        raise ValueError(
+            '`color_mode` must be one of "grayscale", "rgb", "rgba". '
+            f"Received: color_mode={color_mode!r}"
+        )
+    if label_mode not in (None, "int", "binary"):
+        raise ValueError(
+            '`label_mode` must be None (auto), "int" or "binary" (kdtrain '
+            "uses sparse integer labels; one-hot is not supported). "
+            f"Received: label_mode={label_mode!r}"
+        )
+    if class_names is not None:
+        if (
+            not isinstance(class_names, (list, tuple))
+            or not all(isinstance(c, str) for c in class_names)
+            or len(set(class_names)) != len(class_names)
+        ):
+            raise ValueError(
+                "`class_names` must be a list of distinct class folder "
+                f"names. Received: class_names={class_names!r}"
+            )
+        class_names = tuple(class_names)
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"`interpolation` must be one of {INTERPOLATIONS}. "
+            f"Received: interpolation={interpolation!r}"
+        )
+    if crop_to_aspect_ratio and pad_to_aspect_ratio:
+        raise ValueError(
+            "Only one of `crop_to_aspect_ratio` and `pad_to_aspect_ratio` "
+            "can be True."
+        )
+    if cache is not None and not isinstance(cache, (bool, str, os.PathLike)):
+        raise ValueError(
+            "`cache` must be True (in memory), False or a file path. "
+            f"Received: cache={cache!r}"
+        )
+    if not isinstance(cache, bool):  # None or a path ("" disables too)
+        cache = os.fspath(cache) if cache is not None else ""
+        cache = cache or False
+    folder = _FolderOptions(
+        directory=directory,
+        image_size=tuple(int(s) for s in image_size),
+        color_mode=color_mode,
+        label_mode=label_mode,
         class_names=class_names,
-        batch_size=None,
-        shuffle=False,
-        follow_links=follow_links,
-        verbose=False,
+        num_classes=_positive_int("num_classes", num_classes, True, minimum=2),
+        interpolation=interpolation,
+        crop_to_aspect_ratio=bool(crop_to_aspect_ratio),
+        pad_to_aspect_ratio=bool(pad_to_aspect_ratio),
+        follow_links=bool(follow_links),
+        test_split=_check_fraction("test_split", test_split),
+        cache=cache,
+        validate_images=bool(validate_images),
     )
-    names = list(ds.class_names)
-    lookup = {name: i for i, name in enumerate(names)}
-    root = pathlib.Path(directory)
-    paths = [str(p) for p in ds.file_paths]
-    labels = [lookup[pathlib.Path(p).relative_to(root).parts[0]] for p in paths]
-    return paths, np.asarray(labels, dtype="int64"), names
+    _static_label_format(folder)  # checks the class options agree
+    return {"folder": folder}
+
+
+def _folder_label_format(folder, num_classes, where, names=None):
+    """Checks a class count against the options; returns the label format."""
+    listed = f": {list(names)}" if names else ""
+    if num_classes == 0:
+        raise ValueError(
+            f"{where} has no class sub-folders; an image folder needs one "
+            "sub-folder of images per class."
+        )
+    if num_classes == 1:
+        raise ValueError(
+            f"{where} has a single class{listed}; classification needs at "
+            "least 2 class sub-folders."
+        )
+    if folder.num_classes is not None and num_classes != folder.num_classes:
+        raise ValueError(
+            f"`num_classes={folder.num_classes}` but {where} has "
+            f"{num_classes} classes{listed}."
+        )
+    if folder.label_mode == "binary" and num_classes != 2:
+        raise ValueError(
+            f'`label_mode="binary"` needs exactly 2 classes; {where} has '
+            f"{num_classes}{listed}."
+        )
+    if folder.label_mode == "binary" or (
+        folder.label_mode is None and num_classes == 2
+    ):
+        return "binary"
+    return "sparse"
+
+
+def _static_label_format(folder):
+    """Label format from `class_names` / `num_classes`; None if unknown."""
+    if folder.class_names is not None:
+        return _folder_label_format(
+            folder, len(folder.class_names), "`class_names`", folder.class_names
+        )
+    if folder.num_classes is not None:
+        return _folder_label_format(folder, folder.num_classes, "`num_classes`")
+    return None
+
+
+def _folder_layout(root):
+    """The source folders of each split: `{"train": path, ...}`."""
+    subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    if "train" in subdirs:
+        sources = {
+            "train": subdirs["train"],
+            "validation": subdirs.get("valid", subdirs.get("validation")),
+            "test": subdirs.get("test"),
+        }
+        if sources["validation"] is not None or sources["test"] is not None:
+            return {k: v for k, v in sources.items() if v is not None}
+    return {"train": root}
+
+
+def _class_folders(directory, folder):
+    """Class names of a folder of class folders, checked; and label format.
+
+    Lists the sub-folders as `keras.utils.image_dataset_from_directory`
+    does (sorted, hidden ones skipped), or takes `class_names`.
+    """
+    subdirs = sorted(
+        p.name
+        for p in pathlib.Path(directory).iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    )
+    names = tuple(subdirs)
+    if folder.class_names is not None:
+        missing = [c for c in folder.class_names if c not in subdirs]
+        if missing:
+            raise ValueError(
+                f"`class_names` {missing} are not sub-folders of {directory} "
+                f"(found: {subdirs})."
+            )
+        names = folder.class_names
+    where = f"Image folder {directory}"
+    return names, _folder_label_format(folder, len(names), where, names)
 
 
 def _validate_images(paths):
@@ -945,214 +1343,182 @@ def _validate_images(paths):
             ) from e
 
 
-def _check_two_classes(directory, names):
-    if len(names) < 2:
-        raise ValueError(
-            f"Image folder {directory} has a single class ({names}); "
-            "classification needs at least 2 class sub-folders."
-        )
+def _image_stream(directory, names, label_format, folder):
+    """Unbatched `(image, label)` of a class-folder tree, in sorted order.
+
+    Images are listed, decoded and resized by
+    `keras.utils.image_dataset_from_directory` (float32 in [0, 255]);
+    `.file_paths` lists the files in the order of the elements.
+    """
+    return keras.utils.image_dataset_from_directory(
+        directory,
+        labels="inferred",
+        label_mode="binary" if label_format == "binary" else "int",
+        class_names=list(names),
+        color_mode=folder.color_mode,
+        batch_size=None,
+        image_size=folder.image_size,
+        shuffle=False,  # a fixed order, to select the splits by index
+        interpolation=folder.interpolation,
+        follow_links=folder.follow_links,
+        crop_to_aspect_ratio=folder.crop_to_aspect_ratio,
+        pad_to_aspect_ratio=folder.pad_to_aspect_ratio,
+        data_format="channels_last",
+        verbose=False,
+    )
 
 
-def _split_layout(root):
-    subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    if "train" not in subdirs:
-        return None
-    test = subdirs.get("test")
-    valid = subdirs.get("valid", subdirs.get("validation"))
-    if test is None and valid is None:
-        return None
-    return subdirs["train"], valid, test
+def _to_uint8(x, y):
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y
 
 
-def _load_image_folder(
-    *,
-    directory=None,
-    image_size=(256, 256),
-    color_mode="rgb",
-    label_mode=None,
-    class_names=None,
-    interpolation="bilinear",
-    crop_to_aspect_ratio=False,
-    pad_to_aspect_ratio=False,
-    follow_links=False,
-    test_split=0.2,
-    cache=True,
-    validate_images=True,
-    **common,
-):
-    common = _common(**common)
-    if directory is None:
-        raise ValueError('"image_folder" needs `directory=` (a folder path).')
-    root = pathlib.Path(directory)
+def _select(stream, indices):
+    """The elements of `stream` at the sorted `indices`, as uint8 images.
+
+    Keras decodes each file of the folder before the filter drops it, so
+    a split carved out of a folder costs one pass over the whole folder
+    (once, when cached). Images are rounded to uint8 (as the files
+    store them; only resizing's fractions are lost), a quarter of the
+    cache size of Keras' float32.
+    """
+    count = len(stream.file_paths)
+    ds = stream
+    if len(indices) < count:
+        mask = np.zeros(count, dtype=bool)
+        mask[indices] = True
+        keep = tf.constant(mask)
+        ds = ds.enumerate().filter(lambda i, _: keep[i]).map(lambda _, e: e)
+    return ds.map(_to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _inspect_folder(folder):
+    """Source folders, class names and label format of an image folder.
+
+    Lists folders only; `None` if `folder.directory` does not exist.
+    """
+    root = pathlib.Path(folder.directory)
     if not root.is_dir():
-        raise DatasetNotFoundError(f"Image folder not found: {directory}")
-    if isinstance(image_size, numbers.Integral):
-        image_size = (int(image_size), int(image_size))
-    image_size = tuple(int(s) for s in image_size)
-    if len(image_size) != 2 or min(image_size) <= 0:
-        raise ValueError(
-            "`image_size` must be (height, width) of positive ints. "
-            f"Received: image_size={image_size!r}"
-        )
-    channels = {"grayscale": 1, "rgb": 3, "rgba": 4}.get(color_mode)
-    if channels is None:
-        raise ValueError(
-            '`color_mode` must be one of "grayscale", "rgb", "rgba". '
-            f"Received: color_mode={color_mode!r}"
-        )
-    if label_mode not in (None, "int", "binary"):
-        raise ValueError(
-            '`label_mode` must be None (auto), "int" or "binary" (kdtrain '
-            "uses sparse integer labels; one-hot is not supported). "
-            f"Received: label_mode={label_mode!r}"
-        )
-    if crop_to_aspect_ratio and pad_to_aspect_ratio:
-        raise ValueError(
-            "Only one of `crop_to_aspect_ratio` and `pad_to_aspect_ratio` "
-            "can be True."
-        )
+        return None
+    sources = _folder_layout(root)
+    return (sources, *_class_folders(sources["train"], folder))
 
-    layout = _split_layout(root)
-    if layout is not None:
-        train_dir, valid_dir, test_dir = layout
-        train_paths, train_y, names = _index_folder(
-            train_dir, class_names, follow_links
-        )
-        _check_two_classes(train_dir, names)
-        splits = {"train": (train_paths, train_y)}
-        for split, folder in (("validation", valid_dir), ("test", test_dir)):
-            if folder is not None:
-                paths, y, _ = _index_folder(folder, names, follow_links)
-                splits[split] = (paths, y)
-        if test_dir is None:
-            # train/ + valid/ only: the test split is carved from train.
-            test_split = _check_fraction("test_split", test_split)
-            paths, y = splits["train"]
-            keep, held = _split_indices(len(paths), test_split, TEST_SPLIT_SEED)
-            splits["test"] = ([paths[i] for i in held], y[held])
-            splits["train"] = ([paths[i] for i in keep], y[keep])
-    else:
-        all_paths, all_y, names = _index_folder(root, class_names, follow_links)
-        _check_two_classes(directory, names)
-        test_split = _check_fraction("test_split", test_split)
-        keep, held = _split_indices(len(all_paths), test_split, TEST_SPLIT_SEED)
-        splits = {
-            "train": ([all_paths[i] for i in keep], all_y[keep]),
-            "test": ([all_paths[i] for i in held], all_y[held]),
-        }
-    if label_mode == "binary" and len(names) != 2:
-        raise ValueError(
-            f'`label_mode="binary"` needs exactly 2 classes; {directory} '
-            f"has {len(names)}: {names}"
-        )
-    if label_mode is None:
-        label_mode = "binary" if len(names) == 2 else "int"
-    label_format = "binary" if label_mode == "binary" else "sparse"
 
-    if "validation" not in splits and common.validation_split > 0:
-        paths, y = splits["train"]
-        keep, held = _split_indices(
-            len(paths), common.validation_split, common.seed
-        )
-        splits["validation"] = ([paths[i] for i in held], y[held])
-        splits["train"] = ([paths[i] for i in keep], y[keep])
-    caps = {
-        "train": (common.train_size, common.seed),
-        "validation": (common.validation_size, common.seed + 1),
-        "test": (common.test_size, TEST_SPLIT_SEED),
+def _load_image_folder(common, *, folder):
+    inspected = _inspect_folder(folder)
+    if inspected is None:
+        raise DatasetNotFoundError(f"Image folder not found: {folder.directory}")
+    sources, names, label_format = inspected
+    streams = {
+        source: _image_stream(path, names, label_format, folder)
+        for source, path in sources.items()
     }
-    for split, (paths, y) in list(splits.items()):
-        if not paths:
-            raise ValueError(
-                f"The {split} split of image folder {directory} is empty."
-            )
-        size, seed = caps[split]
-        idx = _subset_indices(len(paths), size, seed)
+    plan = _plan_splits(
+        common,
+        {source: len(ds.file_paths) for source, ds in streams.items()},
+        folder.test_split,
+    )
+    if folder.validate_images:
+        for source, idx in plan.values():
+            _validate_images([streams[source].file_paths[i] for i in idx])
+
+    unbatched, raw = {}, {}
+    for split, (source, idx) in plan.items():
+        ds = _select(streams[source], idx)
+        if folder.cache is True:
+            ds = ds.cache()
+        elif folder.cache:
+            ds = ds.cache(f"{folder.cache}.{split}")
+        unbatched[split] = ds
         if split == "train" and common.shuffle:
-            # Cache in a random order; the shuffle buffer then mixes more.
-            idx = np.random.default_rng(common.seed).permutation(idx)
-        splits[split] = (
-            [paths[i] for i in idx],
-            _encode_labels(y[idx], label_format),
-        )
-    if validate_images:
-        for paths, _ in splits.values():
-            _validate_images(paths)
+            # The folder order is sorted by class: a buffer of the whole
+            # split shuffles fully, at no memory cost when cached in
+            # memory (it holds the cache's tensors).
+            buffer = len(idx) if folder.cache is True else min(len(idx), 8192)
+            ds = ds.shuffle(buffer, seed=common.seed, reshuffle_each_iteration=True)
+        raw[split] = ds.batch(common.batch_size)
 
-    def load_image(path, label):
-        raw = tf.io.read_file(path)
-        image = tf.io.decode_image(
-            raw, channels=channels, expand_animations=False
-        )
-        image.set_shape((None, None, channels))
-        if crop_to_aspect_ratio:
-            image = keras.preprocessing.image.smart_resize(
-                image, image_size, interpolation=interpolation
-            )
-        elif pad_to_aspect_ratio:
-            image = tf.image.resize_with_pad(
-                image, image_size[0], image_size[1], method=interpolation
-            )
-        else:
-            image = tf.image.resize(image, image_size, method=interpolation)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-        image.set_shape(image_size + (channels,))
-        return image, label
-
-    def raw_batches(split, paths, y, shuffle):
-        ds = tf.data.Dataset.from_tensor_slices((paths, y))
-        ds = ds.map(load_image, num_parallel_calls=tf.data.AUTOTUNE)
-        if cache:
-            if isinstance(cache, (str, os.PathLike)):
-                ds = ds.cache(f"{os.fspath(cache)}.{split}")
-            else:
-                ds = ds.cache()
-        if shuffle:
-            ds = ds.shuffle(
-                min(len(paths), 8192),
-                seed=common.seed,
-                reshuffle_each_iteration=True,
-            )
-        return ds.batch(common.batch_size), ds
-
-    preprocess = _Preprocess(255.0, common.scaling, common.augment)
-    raw = {}
-    unbatched = {}
-    for split, (paths, y) in splits.items():
-        raw[split], unbatched[split] = raw_batches(
-            split,
-            paths,
-            y,
-            shuffle=common.shuffle and split == "train",
-        )
-    if common.scaling == "normalize":
-        source = unbatched["train"]
-        mean, std = preprocess.adapt(source.batch(256))
-    else:
-        mean = std = None
-    datasets = {
-        split: _finish(ds, preprocess, training=split == "train")
-        for split, ds in raw.items()
-    }
-    info = DatasetInfo(
-        name="image_folder",
+    return _assemble(
+        "image_folder",
+        common,
+        raw,
+        lambda: unbatched["train"].batch(256),
+        value_max=255.0,
+        counts=_split_counts(plan),
         num_classes=len(names),
-        input_shape=image_size + (channels,),
+        input_shape=folder.input_shape,
         class_names=tuple(names),
         label_format=label_format,
-        num_train=len(splits["train"][0]),
-        num_validation=len(splits["validation"][0])
-        if "validation" in splits
-        else 0,
-        num_test=len(splits["test"][0]),
-        augmented=common.augment is not None,
-        scaling=common.scaling,
-        normalization_mean=mean,
-        normalization_std=std,
     )
-    return LoadedData(
-        train=datasets["train"],
-        validation=datasets.get("validation"),
-        test=datasets["test"],
-        info=info,
+
+
+def _describe_image_folder(common, *, folder):
+    inspected = _inspect_folder(folder)
+    if inspected is not None:
+        sources, names, label_format = inspected
+        num_classes = len(names)
+        has_validation = "validation" in sources
+    else:
+        label_format = _static_label_format(folder)
+        if label_format is None:
+            raise ValueError(
+                f"Cannot describe image folder {folder.directory}: it is not "
+                "here, so its number of classes is unknown. Pass "
+                "num_classes= (or class_names=)."
+            )
+        names = folder.class_names or ()
+        num_classes = len(names) or folder.num_classes
+        has_validation = True  # unknown: there may be a valid/ folder
+    return _info(
+        "image_folder",
+        common,
+        _unknown_counts(common, has_validation),
+        num_classes=num_classes,
+        input_shape=folder.input_shape,
+        class_names=tuple(names),
+        label_format=label_format,
     )
+
+
+# ---------------------------------------------------------------------------
+# Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """A dataset: its option parser, loader and static describer."""
+
+    options: object  # (**dataset options) -> dict of validated kwargs
+    load: object  # (common, **kwargs) -> LoadedData
+    describe: object  # (common, **kwargs) -> DatasetInfo
+
+
+_SPECS = {
+    "cifar10": _Spec(
+        _data_dir_options,
+        _array_loader("cifar10", _cifar10_arrays),
+        _fixed_describe("cifar10", (32, 32, 3), CIFAR10_CLASS_NAMES),
+    ),
+    "cifar100": _Spec(
+        _cifar100_options,
+        _array_loader("cifar100", _cifar100_arrays),
+        _fixed_describe(
+            "cifar100",
+            (32, 32, 3),
+            lambda data_dir, label_mode: _cifar100_class_names(label_mode),
+        ),
+    ),
+    "digits": _Spec(
+        _digits_options,
+        _array_loader("digits", _digits_arrays, value_max=16.0),
+        _describe_digits,
+    ),
+    "fashion_mnist": _Spec(
+        _data_dir_options,
+        _array_loader("fashion_mnist", _fashion_mnist_arrays),
+        _fixed_describe("fashion_mnist", (28, 28, 1), FASHION_MNIST_CLASS_NAMES),
+    ),
+    "image_folder": _Spec(
+        _image_folder_options, _load_image_folder, _describe_image_folder
+    ),
+}
+assert tuple(sorted(_SPECS)) == DATASETS

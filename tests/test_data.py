@@ -1,5 +1,6 @@
 """Tests for kdtrain.data loaders, on small data written by the tests."""
 
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -499,6 +500,8 @@ def test_image_folder_errors(tmp_path):
     write_images(single, ["only"], per_class=3)
     with pytest.raises(ValueError, match="single class"):
         data.load("image_folder", directory=single)
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        data.load("image_folder", directory=single / "only")
     with pytest.raises(data.DatasetNotFoundError, match="not found"):
         data.load("image_folder", directory=tmp_path / "missing")
     with pytest.raises(ValueError, match="needs `directory=`"):
@@ -516,6 +519,285 @@ def test_image_folder_errors(tmp_path):
         data.load("image_folder", directory=bad, image_size=(8, 8))
     with pytest.raises(ValueError, match='"int" or "binary"'):
         data.load("image_folder", directory=single, label_mode="categorical")
+
+
+def test_image_folder_goes_through_keras(tmp_path, monkeypatch):
+    write_images(tmp_path / "train", ["a", "b", "c"], per_class=6)
+    write_images(tmp_path / "valid", ["a", "b", "c"], per_class=2, offset=50)
+    calls = []
+    keras_fn = keras.utils.image_dataset_from_directory
+
+    def spy(directory, **kwargs):
+        calls.append((str(directory), kwargs))
+        return keras_fn(directory, **kwargs)
+
+    monkeypatch.setattr(keras.utils, "image_dataset_from_directory", spy)
+    loaded = data.load(
+        "image_folder", directory=tmp_path, image_size=(9, 7),
+        interpolation="nearest", crop_to_aspect_ratio=True, scaling="none",
+        class_names=["c", "a", "b"], test_split=0.3, batch_size=4,
+    )
+    # One call per source folder, unbatched, with the same class indices.
+    folders = sorted(d for d, _ in calls)
+    assert folders == [str(tmp_path / "train"), str(tmp_path / "valid")]
+    for _, kwargs in calls:
+        assert kwargs["batch_size"] is None and kwargs["labels"] == "inferred"
+        assert kwargs["class_names"] == ["c", "a", "b"]
+        assert kwargs["label_mode"] == "int" and kwargs["image_size"] == (9, 7)
+        assert kwargs["interpolation"] == "nearest"
+        assert kwargs["crop_to_aspect_ratio"] is True
+    info = loaded.info
+    assert info.class_names == ("c", "a", "b") and info.input_shape == (9, 7, 3)
+    # train/ + valid/ only: the test split is carved out of train/.
+    assert (info.num_train, info.num_validation, info.num_test) == (13, 6, 5)
+    red_of_label = np.array([40 * 3, 40 * 1, 40 * 2])  # c, a, b
+    for split in ("train", "validation", "test"):
+        x, y = collect(getattr(loaded, split))
+        assert x.dtype == np.float32 and x.shape[1:] == (9, 7, 3)
+        np.testing.assert_array_equal(x[:, 4, 3, 0], red_of_label[y])
+    assert np.all(collect(loaded.validation)[0][:, 4, 3, 1] >= 50)
+
+
+def test_image_folder_caps_shuffle_and_normalize(tmp_path):
+    write_images(tmp_path, ["neg", "pos"], per_class=20)
+    options = dict(
+        directory=tmp_path, image_size=(12, 10), scaling="none", batch_size=8,
+        train_size=10, validation_size=3, test_size=4, seed=5,
+    )
+    a, b = data.load("image_folder", **options), data.load("image_folder", **options)
+    info = a.info
+    assert (info.num_train, info.num_validation, info.num_test) == (10, 3, 4)
+    assert info.label_format == "binary"
+
+    def ids(ds):
+        x, y = collect(ds)
+        assert y.dtype == np.float32 and y.shape == (len(x), 1)
+        np.testing.assert_array_equal(x[:, 2, 2, 0], 40 * (y[:, 0] + 1))
+        return [(int(r), int(g)) for r, g in x[:, 2, 2, :2]]
+
+    for split in ("validation", "test"):
+        # Deterministic subsets in a fixed order.
+        assert ids(getattr(a, split)) == ids(getattr(b, split))
+        assert ids(getattr(a, split)) == ids(getattr(a, split))
+    epochs = [ids(a.train) for _ in range(3)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(ids(b.train))
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # reshuffled
+    all_ids = epochs[0] + ids(a.validation) + ids(a.test)
+    assert len(set(all_ids)) == 17  # disjoint splits
+    unshuffled = data.load("image_folder", **options, shuffle=False)
+    assert sorted(ids(unshuffled.train)) == sorted(epochs[0])
+
+    norm = data.load(
+        "image_folder", directory=tmp_path, image_size=(12, 10),
+        scaling="normalize", shuffle=False, batch_size=64,
+    )
+    raw = data.load(
+        "image_folder", directory=tmp_path, image_size=(12, 10),
+        shuffle=False, batch_size=64,
+    )
+    x_raw, _ = collect(raw.train)
+    mean, std = x_raw.mean(axis=(0, 1, 2)), x_raw.std(axis=(0, 1, 2))
+    np.testing.assert_allclose(norm.info.normalization_mean, mean, rtol=1e-4)
+    np.testing.assert_allclose(norm.info.normalization_std, std, rtol=1e-4)
+    x_norm, _ = collect(norm.test)
+    x_test, _ = collect(raw.test)
+    np.testing.assert_allclose(x_norm, (x_test - mean) / std, atol=1e-3)
+
+
+def test_image_folder_num_classes_and_class_names(tmp_path):
+    write_images(tmp_path / "train", ["a", "b", "c"], per_class=4)
+    write_images(tmp_path / "test", ["a", "b", "c"], per_class=2)
+    loaded = data.load(
+        "image_folder", directory=tmp_path, image_size=(4, 4), num_classes=3,
+    )
+    assert loaded.info.num_classes == 3
+    with pytest.raises(ValueError, match="`num_classes=2` but .*train has 3 classes"):
+        data.load("image_folder", directory=tmp_path, num_classes=2)
+    with pytest.raises(ValueError, match=r"\['z'\] are not sub-folders"):
+        data.load("image_folder", directory=tmp_path, class_names=["a", "z"])
+    # A subset of the classes: two of them, so binary labels.
+    pair = data.load(
+        "image_folder", directory=tmp_path, image_size=(4, 4),
+        class_names=["c", "a"], validation_split=0, scaling="none",
+    )
+    assert pair.info.label_format == "binary" and pair.info.num_train == 8
+    x, y = collect(pair.test)
+    np.testing.assert_array_equal(x[:, 1, 1, 0], np.where(y[:, 0] == 0, 120, 40))
+
+
+# ---------------------------------------------------------------------------
+# describe()
+
+
+def no_data_access(monkeypatch, tmp_path):
+    """Makes every way of reading data fail the test."""
+    empty = tmp_path / "empty"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(empty),))
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("describe() read data")
+
+    for module in (keras.datasets.fashion_mnist, keras.datasets.cifar10,
+                   keras.datasets.cifar100):
+        monkeypatch.setattr(module, "load_data", forbidden)
+    monkeypatch.setattr(keras.utils, "image_dataset_from_directory", forbidden)
+    import sklearn.datasets
+
+    monkeypatch.setattr(sklearn.datasets, "load_digits", forbidden)
+    monkeypatch.setattr(data, "_validate_images", forbidden)
+
+
+def test_describe_without_files(tmp_path, monkeypatch):
+    no_data_access(monkeypatch, tmp_path)
+    fashion = data.describe("fashion_mnist", augment="mnist")
+    assert isinstance(fashion, data.DatasetInfo)
+    assert fashion.input_shape == (28, 28, 1) and fashion.num_classes == 10
+    assert fashion.class_names == data.FASHION_MNIST_CLASS_NAMES
+    assert fashion.label_format == "sparse" and fashion.output_units == 10
+    assert fashion.augmented and fashion.scaling == "rescale"
+    assert (fashion.num_train, fashion.num_validation, fashion.num_test) == (None,) * 3
+    assert fashion.normalization_mean is None
+    no_validation = data.describe(
+        "fashion_mnist", validation_split=0, data_dir=tmp_path
+    )
+    assert no_validation.num_validation == 0 and no_validation.num_train is None
+    cifar10 = data.describe("cifar10", scaling="normalize")
+    assert cifar10.input_shape == (32, 32, 3) and cifar10.class_names[0] == "airplane"
+    assert cifar10.scaling == "normalize" and not cifar10.augmented
+    assert data.describe("cifar100").num_classes == 100
+    coarse = data.describe("cifar100", label_mode="coarse")
+    assert coarse.num_classes == 20 and coarse.class_names[19] == "19"
+    digits = data.describe("digits", test_size=100)
+    assert digits.input_shape == (8, 8, 1) and digits.num_test == 100
+
+    missing = tmp_path / "not_here"
+    skin = data.describe(
+        "image_folder", directory=missing, image_size=(96, 96), num_classes=2,
+        augment="skin_cancer",
+    )
+    assert skin.input_shape == (96, 96, 3) and skin.num_classes == 2
+    assert skin.label_format == "binary" and skin.output_units == 1
+    assert skin.class_names == () and skin.num_validation is None
+    gray = data.describe(
+        "image_folder", directory=missing, image_size=28, color_mode="grayscale",
+        num_classes=2, label_mode="int",
+    )
+    assert gray.input_shape == (28, 28, 1) and gray.label_format == "sparse"
+    named = data.describe(
+        "image_folder", directory=missing, class_names=["x", "y", "z"],
+        color_mode="rgba",
+    )
+    assert named.class_names == ("x", "y", "z") and named.num_classes == 3
+    assert named.input_shape == (256, 256, 4) and named.label_format == "sparse"
+    with pytest.raises(ValueError, match="not here.*num_classes="):
+        data.describe("image_folder", directory=missing)
+
+
+def test_describe_lists_existing_folder_without_reading_images(tmp_path, monkeypatch):
+    root = tmp_path / "folder"
+    write_images(root / "train", ["b", "a"], per_class=1)
+    write_images(root / "test", ["b", "a"], per_class=1)
+    no_data_access(monkeypatch, tmp_path)
+    info = data.describe("image_folder", directory=root, image_size=(8, 8))
+    assert info.class_names == ("a", "b") and info.label_format == "binary"
+    assert info.num_validation is None
+    assert data.describe(
+        "image_folder", directory=root, validation_split=0
+    ).num_validation == 0
+    with pytest.raises(ValueError, match="`num_classes=3` but"):
+        data.describe("image_folder", directory=root, num_classes=3)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(validation_split=0, test_split=0.3),
+        dict(train_size=100, validation_size=20, test_size=50, seed=3),
+        dict(train_size=5000, augment="mnist", scaling="normalize"),
+    ],
+)
+def test_describe_agrees_with_load_on_digits(options):
+    described = data.describe("digits", **options)
+    loaded = data.load("digits", **options).info
+    assert dataclasses.replace(
+        loaded, normalization_mean=None, normalization_std=None
+    ) == described
+
+
+def test_describe_agrees_with_load_on_image_folders(tmp_path):
+    write_images(tmp_path / "plain", ["cat", "dog", "fox"], per_class=4)
+    write_images(tmp_path / "kaggle" / "train", ["benign", "malignant"], per_class=4)
+    write_images(tmp_path / "kaggle" / "test", ["benign", "malignant"], per_class=2)
+    cases = [
+        dict(directory=tmp_path / "plain", image_size=(6, 5)),
+        dict(directory=tmp_path / "plain", image_size=6, color_mode="grayscale",
+             num_classes=3, augment="cifar"),
+        dict(directory=tmp_path / "kaggle", image_size=(6, 5), scaling="none"),
+        dict(directory=tmp_path / "kaggle", image_size=(6, 5), label_mode="int"),
+    ]
+    for options in cases:
+        loaded = data.load("image_folder", **options)
+        x, y = next(iter(loaded.train))
+        described = data.describe("image_folder", **options)
+        assert described.input_shape == tuple(x.shape[1:])
+        assert described.label_format == ("binary" if y.ndim == 2 else "sparse")
+        assert described.num_classes == len(described.class_names)
+        for field in ("input_shape", "num_classes", "class_names",
+                      "label_format", "augmented", "scaling"):
+            assert getattr(described, field) == getattr(loaded.info, field), field
+        # Where the folder is not here, num_classes gives the same answer.
+        elsewhere = dict(options, directory=tmp_path / "elsewhere",
+                         num_classes=loaded.info.num_classes)
+        away = data.describe("image_folder", **elsewhere)
+        for field in ("input_shape", "num_classes", "label_format", "output_units"):
+            assert getattr(away, field) == getattr(loaded.info, field), field
+
+
+BAD_OPTIONS = [
+    ("mnist", {}, ValueError),
+    ("digits", dict(batch_size=0), ValueError),
+    ("digits", dict(validation_split=1.0), ValueError),
+    ("digits", dict(scaling="standardize"), ValueError),
+    ("digits", dict(train_size=-5), ValueError),
+    ("digits", dict(seed="0"), ValueError),
+    ("digits", dict(test_split=0), ValueError),
+    ("digits", dict(augment="imagenet"), ValueError),
+    ("digits", dict(augment=3), ValueError),
+    ("digits", dict(color_mode="rgb"), TypeError),
+    ("fashion_mnist", dict(data_dir=3), ValueError),
+    ("fashion_mnist", dict(label_mode="fine"), TypeError),
+    ("cifar10", dict(test_size=0), ValueError),
+    ("cifar100", dict(label_mode="medium"), ValueError),
+    ("image_folder", dict(), ValueError),
+    ("image_folder", dict(image_size=(0, 5)), ValueError),
+    ("image_folder", dict(image_size=(5, 5, 3)), ValueError),
+    ("image_folder", dict(color_mode="cmyk"), ValueError),
+    ("image_folder", dict(label_mode="categorical"), ValueError),
+    ("image_folder", dict(interpolation="cubic"), ValueError),
+    ("image_folder", dict(crop_to_aspect_ratio=1, pad_to_aspect_ratio=1), ValueError),
+    ("image_folder", dict(num_classes=1), ValueError),
+    ("image_folder", dict(class_names=["only"]), ValueError),
+    ("image_folder", dict(class_names=["a", "b"], num_classes=3), ValueError),
+    ("image_folder", dict(num_classes=3, label_mode="binary"), ValueError),
+    ("image_folder", dict(test_split=1.5), ValueError),
+    ("image_folder", dict(cache=3), ValueError),
+    ("image_folder", dict(test_split=0.2, batch_size=-1), ValueError),
+    ("image_folder", dict(data_dir="x"), TypeError),
+]
+
+
+@pytest.mark.parametrize("name, options, error", BAD_OPTIONS)
+def test_describe_rejects_what_load_rejects(tmp_path, name, options, error):
+    if name == "image_folder" and options:
+        options = dict(directory=tmp_path / "not_here", **options)
+    with pytest.raises(error) as from_load:
+        data.load(name, **options)
+    with pytest.raises(error) as from_describe:
+        data.describe(name, **options)
+    assert str(from_describe.value) == str(from_load.value)
+    assert not isinstance(from_load.value, data.DatasetNotFoundError)
 
 
 # ---------------------------------------------------------------------------
@@ -536,7 +818,7 @@ def test_unknown_names_and_bad_options():
         data.load("digits", scaling="standardize")
     with pytest.raises(ValueError, match="train_size"):
         data.load("digits", train_size=-5)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="'digits' got unknown option.*color_mode"):
         data.load("digits", color_mode="rgb")
 
 

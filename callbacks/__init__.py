@@ -1,0 +1,6 @@
+"""Callbacks that monitor Born-Again chains (and any plain `model.fit`)."""
+
+from callbacks.progress import TqdmProgress
+from callbacks.tensorboard import GenerationTensorBoard
+
+__all__ = ["GenerationTensorBoard", "TqdmProgress"]

@@ -1,0 +1,1535 @@
+"""Born-Again Networks: chains of generations that teach each other.
+
+`GenerationRunner` trains a teacher (or takes a trained one), then a fresh
+student of the same architecture on the teacher's outputs, then lets that
+student teach the next generation, and finally averages the generations in a
+`GenerationEnsemble` (Furlanello et al. 2018). With a `directory`, every
+finished generation is saved as it ends and an interrupted chain resumes
+where it stopped.
+"""
+
+import copy
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdtrain import losses as losses_module
+from callbacks.progress import TqdmProgress
+from callbacks.tensorboard import GenerationTensorBoard
+from kdtrain.distiller import Distiller
+from kdtrain.distiller import validate_ground_truth_weight
+from kdtrain.ensemble import GenerationEnsemble
+from kdtrain.outputs import resolve_output_kind
+from kdtrain.outputs import validate_output_kind
+
+RESULTS_FILE = "results.json"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+BACKUP_DIR = "backup"
+LOGS_DIR = "logs"
+_FORMAT = 1
+_TEACH_FROM = ("previous", "teacher")
+_RESERVED_FIT_ARGUMENTS = (
+    "x", "y", "epochs", "initial_epoch", "callbacks", "validation_data",
+    "batch_size", "sample_weight",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """A generation's loss became NaN or infinite; the chain stopped.
+
+    Attributes:
+        generation: The generation that diverged (0 is the teacher).
+        directory: Where the finished generations are saved, or None.
+    """
+
+    def __init__(self, message, generation=None, directory=None):
+        super().__init__(message)
+        self.generation = generation
+        self.directory = directory
+
+
+class ConfigurationMismatch(ValueError):
+    """A chain directory was made by a different configuration."""
+
+
+# Names -----------------------------------------------------------------------
+
+
+def model_name(generation):
+    """`"teacher"` for generation 0, else `"gen-K"`."""
+    return "teacher" if generation == 0 else f"gen-{generation}"
+
+
+def model_label(generation):
+    """The report's column header: `"Teacher"`, `"BAN-1"`, `"BAN-2"`..."""
+    return "Teacher" if generation == 0 else f"BAN-{generation}"
+
+
+ENSEMBLE_NAMES = {
+    "ensemble": "Ensemble",
+    "ensemble_with_teacher": "Ensemble + teacher",
+}
+
+
+# Files -----------------------------------------------------------------------
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    return repr(value)
+
+
+def _normalize(value):
+    """`value` as it reads back from JSON (tuples become lists...)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+
+
+def write_json_atomically(path, value):
+    """Writes `value` as JSON to a temporary file, then renames it to `path`."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def save_model_atomically(model, path):
+    """Saves `model` to a temporary `.keras` file, then renames it to `path`."""
+    directory, base = os.path.split(path)
+    temporary = os.path.join(directory, f".{base}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _to_float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_logs(logs):
+    out = {}
+    for key, value in (logs or {}).items():
+        value = _to_float(value)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+# Data ------------------------------------------------------------------------
+
+
+def _is_array(value):
+    return isinstance(value, (np.ndarray, tf.Tensor)) or (
+        hasattr(value, "shape") and hasattr(value, "dtype")
+        and not isinstance(value, (tf.data.Dataset, keras.utils.PyDataset))
+    )
+
+
+def _is_array_structure(value):
+    if isinstance(value, dict):
+        return bool(value) and all(_is_array(v) for v in value.values())
+    return _is_array(value)
+
+
+def _shapes(structure):
+    return keras.tree.map_structure(
+        lambda a: [None if d is None else int(d) for d in a.shape], structure
+    )
+
+
+class _Data:
+    """One split: a `tf.data.Dataset`, a `PyDataset`, or `(x, y)` arrays."""
+
+    def __init__(self, data, batch_size, argument):
+        self.argument = argument
+        self.batch_size = batch_size
+        self.x = self.y = self.sample_weight = None
+        if isinstance(data, tf.data.Dataset):
+            self.kind = "dataset"
+            self.data = data
+            spec = data.element_spec
+            self.has_labels = isinstance(spec, tuple) and len(spec) >= 2
+        elif isinstance(data, keras.utils.PyDataset):
+            self.kind = "pydataset"
+            self.data = data
+            first = data[0]
+            self.has_labels = (
+                isinstance(first, tuple) and len(first) >= 2
+                and first[1] is not None
+            )
+        elif isinstance(data, (tuple, list)) and 1 <= len(data) <= 3 and (
+            _is_array_structure(data[0])
+        ):
+            self.kind = "arrays"
+            self.data = tuple(data)
+            self.x = data[0]
+            self.y = data[1] if len(data) > 1 else None
+            self.sample_weight = data[2] if len(data) > 2 else None
+            self.has_labels = self.y is not None
+        elif _is_array_structure(data):
+            self.kind = "arrays"
+            self.data = (data,)
+            self.x = data
+            self.has_labels = False
+        else:
+            raise TypeError(
+                f"`{argument}` must be a tf.data.Dataset, a "
+                "keras.utils.PyDataset, or an (x, y) tuple of arrays. "
+                "(A Python generator is consumed by one pass, and every "
+                f"generation needs its own.) Received: {argument}={data!r}"
+            )
+
+    def fit_arguments(self):
+        """The `x`, `y`... arguments of `fit` or `evaluate`."""
+        if self.kind != "arrays":
+            return {"x": self.data}
+        arguments = {"x": self.x, "y": self.y, "batch_size": self.batch_size}
+        if self.sample_weight is not None:
+            arguments["sample_weight"] = self.sample_weight
+        return arguments
+
+    def validation_argument(self):
+        """The split as `fit`'s `validation_data`."""
+        return self.data if self.kind != "arrays" else self.data
+
+    def first_batch(self):
+        """`(x, y)` of a few samples (y may be None)."""
+        if self.kind == "arrays":
+            x = keras.tree.map_structure(lambda a: a[:4], self.x)
+            y = None if self.y is None else self.y[:4]
+            return x, y
+        if self.kind == "dataset":
+            element = next(iter(self.data.take(1)))
+        else:
+            element = self.data[0]
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
+        return x, y
+
+    def describe(self):
+        """What identifies the split in a configuration (shapes, not data)."""
+        if self.kind == "arrays":
+            return {
+                "kind": "arrays",
+                "x": _shapes(self.x),
+                "y": None if self.y is None else _shapes(self.y),
+                "sample_weight": self.sample_weight is not None,
+                "batch_size": self.batch_size,
+            }
+        if self.kind == "dataset":
+            return {
+                "kind": "tf.data.Dataset",
+                "element_spec": repr(self.data.element_spec),
+                "cardinality": int(self.data.cardinality()),
+            }
+        x, y = self.first_batch()
+        return {
+            "kind": type(self.data).__name__,
+            "batches": self.data.num_batches,
+            "x": _shapes(x),
+            "y": None if y is None else _shapes(y),
+        }
+
+
+def _label_format(y, classes):
+    """`"binary"`, `"categorical"` or `"sparse"`: how to read the labels."""
+    if classes == 1:
+        return "binary"
+    shape = tuple(y.shape)
+    if len(shape) == 2 and shape[1] == classes and shape[1] != 1:
+        return "categorical"
+    return "sparse"
+
+
+def _crossentropy(label_format, from_logits):
+    if label_format == "binary":
+        return keras.losses.BinaryCrossentropy(from_logits=from_logits)
+    if label_format == "categorical":
+        return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+
+
+def _fresh_metrics(metrics, binary_logits=False):
+    """New metric objects (a metric instance holds state)."""
+    fresh = []
+    for metric in metrics or ():
+        if binary_logits and metric in ("accuracy", "acc"):
+            metric = keras.metrics.BinaryAccuracy(
+                threshold=0.0, name="accuracy"
+            )
+        elif isinstance(metric, keras.metrics.Metric):
+            metric = type(metric).from_config(metric.get_config())
+        fresh.append(metric)
+    return fresh
+
+
+# Models ----------------------------------------------------------------------
+
+
+def _strip_names(value):
+    if isinstance(value, dict):
+        return {
+            k: _strip_names(v) for k, v in value.items() if k != "name"
+        }
+    if isinstance(value, (list, tuple)):
+        return [_strip_names(v) for v in value]
+    return value
+
+
+def architecture_fingerprint(model):
+    """A name-independent description of `model`'s architecture.
+
+    Layer names change from one build to the next (`dense`, `dense_1`...),
+    so the fingerprint records each layer's class and configuration without
+    names, and the shapes of the weights.
+
+    Args:
+        model: A built `keras.Model`.
+
+    Returns:
+        A dict with the model's class, parameter count and a SHA-256 of the
+        layers' classes, configurations and weight shapes.
+    """
+    layers = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        config = None
+        if not isinstance(layer, keras.Model):
+            try:
+                config = _strip_names(layer.get_config())
+            except (NotImplementedError, TypeError):
+                config = None
+        layers.append([type(layer).__name__, config])
+    shapes = [list(w.shape) for w in model.weights]
+    text = json.dumps(
+        [layers, shapes], sort_keys=True, default=_json_default
+    )
+    return {
+        "class": type(model).__name__,
+        "params": int(model.count_params()),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+def weights_fingerprint(model):
+    """SHA-256 of a model's weight values."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(
+            weight
+        )).tobytes())
+    return digest.hexdigest()
+
+
+def _output_shape(model, x):
+    return tuple(int(d) for d in model(x, training=False).shape[1:])
+
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict):
+        items = {}
+        for key, item in value.items():
+            items.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+        return items
+    return {prefix: value}
+
+
+def describe_differences(saved, current):
+    """Lines saying where two configurations differ."""
+    saved, current = _flatten(saved), _flatten(current)
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key, "<absent>") != current.get(key, "<absent>"):
+            old = json.dumps(saved.get(key, "<absent>"), default=str)
+            new = json.dumps(current.get(key, "<absent>"), default=str)
+            lines.append(
+                f"  {key}: {old[:200]} in the directory, {new[:200]} now"
+            )
+    return lines
+
+
+# Callbacks used by the runner --------------------------------------------------
+
+
+class _EpochRecord(keras.callbacks.Callback):
+    """Keeps every epoch's logs and the elapsed time, on disk if given a path.
+
+    A run resumed by `BackupAndRestore` starts at a later epoch: the record
+    keeps the epochs before it, so the history stays complete.
+    """
+
+    def __init__(self, path=None):
+        super().__init__()
+        self.path = path
+        self.entries = []
+        if path is not None and os.path.exists(path):
+            self.entries = _read_json(path)
+        self._start = None
+        self._previous = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+        self._truncated = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._truncated:
+            self.entries = self.entries[:epoch]
+            self._previous = self.entries[-1]["elapsed"] if self.entries else 0.0
+            self._truncated = True
+
+    def elapsed(self):
+        if self._start is None:
+            return self._previous
+        return self._previous + time.perf_counter() - self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.entries.append(
+            {"epoch": epoch, "logs": _float_logs(logs), "elapsed": self.elapsed()}
+        )
+        if self.path is not None:
+            write_json_atomically(self.path, self.entries)
+
+    def history(self):
+        """The logs as `History.history`: a list of values per name."""
+        history = {}
+        for entry in self.entries:
+            for key, value in entry["logs"].items():
+                history.setdefault(key, []).append(value)
+        return history
+
+
+class _DivergenceGuard(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` as soon as a loss is NaN or infinite.
+
+    Raising inside `fit` (rather than stopping at the epoch's end) keeps
+    `BackupAndRestore` from saving the diverged weights.
+    """
+
+    def __init__(self, generation, directory):
+        super().__init__()
+        self.generation = generation
+        self.directory = directory
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def _check(self, logs, where):
+        for key, value in (logs or {}).items():
+            if not key.endswith("loss"):
+                continue
+            value = _to_float(value)
+            if value is not None and not math.isfinite(value):
+                saved = (
+                    f" Finished generations are saved in {self.directory!r} "
+                    "(gen-K/model.keras); running the chain again resumes "
+                    f"{model_name(self.generation)} from its last good epoch."
+                    if self.directory
+                    else ""
+                )
+                raise TrainingDiverged(
+                    f"Generation {self.generation} "
+                    f"({model_label(self.generation)}) diverged: `{key}` "
+                    f"became {value} {where}. Lower the learning rate or "
+                    f"check the data.{saved}",
+                    generation=self.generation,
+                    directory=self.directory,
+                )
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"at epoch {self._epoch + 1}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"at the end of epoch {epoch + 1}")
+
+
+def copy_callbacks(callbacks, generation):
+    """Fresh copies of the user's callbacks for one generation.
+
+    Callbacks hold state (EarlyStopping's best weights and patience count),
+    so each generation gets deep copies of the callbacks as passed, never
+    the instances another generation used.
+
+    Args:
+        callbacks: None, a list of callbacks, or a function of the
+            generation returning a list.
+        generation: The generation the copies are for.
+
+    Returns:
+        A list of callbacks.
+    """
+    if callbacks is None:
+        return []
+    if callable(callbacks) and not isinstance(callbacks, (list, tuple)):
+        return list(callbacks(generation) or [])
+    if isinstance(callbacks, keras.callbacks.Callback):
+        callbacks = [callbacks]
+    callbacks = list(callbacks)
+    memo = {}
+    for callback in callbacks:
+        # A callback used before holds its model: copy it, not the model.
+        model = getattr(callback, "_model", None)
+        if model is not None:
+            memo[id(model)] = None
+    try:
+        # One copy of the list keeps references between callbacks.
+        return copy.deepcopy(callbacks, memo)
+    except Exception:  # noqa: BLE001 - try one by one below
+        pass
+    copies = []
+    for callback in callbacks:
+        try:
+            copies.append(copy.deepcopy(callback, dict(memo)))
+            continue
+        except Exception as error:  # noqa: BLE001 - any copying failure
+            failure = error
+        try:
+            copies.append(type(callback).from_config(callback.get_config()))
+        except Exception:  # noqa: BLE001
+            raise TypeError(
+                f"Cannot copy the callback {callback!r} for generation "
+                f"{generation} ({failure}). Each generation needs its own "
+                "callbacks; pass `callbacks` as a function of the generation "
+                "that returns fresh ones."
+            ) from failure
+    return copies
+
+
+# Results -----------------------------------------------------------------------
+
+
+def table_splits(table):
+    """The data splits a results table has rows for, in order."""
+    return list(dict.fromkeys(row["split"] for row in table))
+
+
+def default_split(table):
+    """The split a table is shown on: test, else validation, else train."""
+    splits = table_splits(table)
+    for split in ("test", "validation", "train"):
+        if split in splits:
+            return split
+    raise ValueError("The table is empty.")
+
+
+def markdown_table(table, split=None, metrics=("accuracy", "loss"), digits=4):
+    """Rows of a results table as the report's Markdown table.
+
+    Args:
+        table: Rows (dicts with `label`, `split` and the metrics), as in
+            `GenerationResult.table` or `results.json`.
+        split: The split shown; defaults to `default_split(table)`.
+        metrics: The metrics shown, one row each.
+        digits: Decimals shown.
+
+    Returns:
+        A Markdown table with a column per model or ensemble.
+    """
+    split = split or default_split(table)
+    rows = [row for row in table if row["split"] == split]
+    header = ["Metrics"] + [row["label"] for row in rows]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(rows)) + "|",
+    ]
+    for metric in metrics:
+        cells = []
+        for row in rows:
+            value = row.get(metric)
+            cells.append("" if value is None else f"{value:.{digits}f}")
+        title = metric.replace("_", " ").capitalize()
+        lines.append("| " + " | ".join([title] + cells) + " |")
+    return "\n".join(lines)
+
+
+class GenerationResult:
+    """What a `GenerationRunner` produced.
+
+    Attributes:
+        models: `[teacher, gen-1, ..., gen-N]`.
+        names: `["teacher", "gen-1", ..., "gen-N"]`.
+        ensemble: The `GenerationEnsemble` of the students.
+        ensemble_with_teacher: The `GenerationEnsemble` of all the models.
+        table: A list of rows (dicts), one per model or ensemble and split,
+            with `name`, `label` (the report's header), `split`, the metrics
+            (`accuracy`, `loss`...), `params` and `wall_time` (training
+            seconds; for an ensemble, its members' total).
+        histories: Per model name, the `keras.callbacks.History` of its
+            training (all epochs, also across a resume); None for a teacher
+            that was passed in.
+        directory: The chain's directory, or None.
+        config: The configuration that identifies the chain.
+
+    Example:
+
+    ```python
+    result = runner.run((x, y), test_data=(x_test, y_test), epochs=10)
+    print(result.to_markdown())
+    result.ensemble.save("ensemble.keras")
+    ```
+    """
+
+    def __init__(self, models, ensemble, ensemble_with_teacher, table,
+                 histories, directory=None, config=None):
+        self.models = list(models)
+        self.names = [model_name(k) for k in range(len(self.models))]
+        self.ensemble = ensemble
+        self.ensemble_with_teacher = ensemble_with_teacher
+        self.table = table
+        self.histories = histories
+        self.directory = directory
+        self.config = config
+
+    @property
+    def students(self):
+        """`[gen-1, ..., gen-N]`."""
+        return self.models[1:]
+
+    @property
+    def splits(self):
+        """The data splits the table has rows for."""
+        return table_splits(self.table)
+
+    def row(self, name, split=None):
+        """The table row of model or ensemble `name` on `split`."""
+        split = split or default_split(self.table)
+        for row in self.table:
+            if row["name"] == name and row["split"] == split:
+                return row
+        raise KeyError(f"No row for {name!r} on {split!r}.")
+
+    def to_markdown(self, split=None, metrics=("accuracy", "loss"), digits=4):
+        """The report's table: a column per model, a row per metric.
+
+        Args:
+            split: `"test"`, `"validation"` or `"train"`. Defaults to the
+                first of these the table has.
+            metrics: The metrics shown, one row each.
+            digits: Decimals shown.
+
+        Returns:
+            A Markdown table with the columns Teacher, BAN-1 ... BAN-N,
+            Ensemble, Ensemble + teacher.
+        """
+        return markdown_table(self.table, split, metrics, digits)
+
+    def __repr__(self):
+        return (
+            f"<GenerationResult {len(self.models)} models, "
+            f"directory={self.directory!r}>"
+        )
+
+
+# The runner --------------------------------------------------------------------
+
+
+class GenerationRunner:
+    """Trains Born-Again generations: each one a fresh model taught by the last.
+
+    Generation 0 is the teacher: the model passed as `teacher`, or one
+    built by `build_model` and trained on the labels (crossentropy) for
+    `teacher_epochs`. Generation K (1..N) is a fresh `build_model()` trained
+    by a `kdtrain.Distiller` on generation K-1's outputs
+    (`teach_from="previous"`), or on the teacher's
+    (`teach_from="teacher"`). Each generation gets a fresh optimizer and
+    fresh copies of the callbacks. At the end every model, the ensemble of
+    the students and the ensemble with the teacher are evaluated on the
+    validation and test data.
+
+    With a `directory`, the chain survives crashes: each finished
+    generation is saved as `gen-K/model.keras` (atomically), the results in
+    `results.json`, and the running generation is backed up at each epoch's
+    end (`keras.callbacks.BackupAndRestore`). Running the same runner on the
+    same directory again loads the finished generations and resumes the
+    interrupted one. A directory made by a different configuration is
+    refused (`ConfigurationMismatch`, saying what differs) unless
+    `overwrite=True`, which clears it.
+
+    Args:
+        build_model: A function returning a fresh, uncompiled `keras.Model`
+            each time it is called.
+        generations: The number N of student generations, at least 1.
+        teacher: A trained `keras.Model` (any architecture with the
+            students' output shape), or None to train generation 0 on the
+            labels.
+        distillation_loss: A `kdtrain.losses.DistillationLoss` or a name in
+            `kdtrain.losses.ALIASES` (`"soft_targets"`, `"kl"`, `"cwtm"`,
+            `"dkpp"`...).
+        ground_truth_weight: The weight of the label loss, in [0, 1].
+        optimizer: An optimizer name, a serialized optimizer config, an
+            optimizer (its configuration is copied), or a function returning
+            a fresh optimizer. Every generation gets its own.
+        metrics: Metrics of the models against the labels.
+        directory: Where checkpoints, logs and `results.json` go; None
+            writes nothing.
+        teach_from: `"previous"` (each generation teaches the next) or
+            `"teacher"` (all learn from generation 0).
+        seed: Optional integer; generation K is built and trained after
+            `keras.utils.set_random_seed(seed + K)`.
+        overwrite: Whether a directory of another configuration is cleared
+            instead of refused. A directory of the same configuration is
+            always resumed.
+        tensorboard: Whether to log to `directory/logs` with a
+            `callbacks.GenerationTensorBoard` (the
+            `callbacks` package); `"auto"` does when
+            there is a directory. A `GenerationTensorBoard` is used as is.
+        progress: Whether to show `callbacks.TqdmProgress` bars
+            instead of Keras' progress output; `"auto"` does when there is a
+            directory. A `TqdmProgress` is used as is.
+        verbose: `fit`'s verbosity when there are no tqdm bars; also prints
+            a line per generation when not 0.
+        teacher_outputs: `"auto"`, `"logits"` or `"probabilities"`: what a
+            passed teacher emits.
+        student_outputs: The same for the models of `build_model`.
+        build_teacher: Optional function returning a fresh model of another
+            architecture to train as generation 0 (on the labels) instead of
+            a `build_model()` model: one teacher distilled into students of
+            a different architecture.
+
+    Example:
+
+    ```python
+    def build_model():
+        return keras.Sequential([keras.Input((64,)),
+                                 keras.layers.Dense(32, activation="relu"),
+                                 keras.layers.Dense(10)])
+
+    runner = kdtrain.GenerationRunner(build_model, generations=3,
+                                      directory="ban-digits", seed=0)
+    result = runner.run((x_train, y_train), test_data=(x_test, y_test),
+                        epochs=20, batch_size=64)
+    print(result.to_markdown())
+    ```
+    """
+
+    def __init__(
+        self,
+        build_model,
+        generations=3,
+        teacher=None,
+        distillation_loss="soft_targets",
+        ground_truth_weight=0.0,
+        optimizer="adam",
+        metrics=("accuracy",),
+        directory=None,
+        teach_from="previous",
+        seed=None,
+        overwrite=False,
+        tensorboard="auto",
+        progress="auto",
+        verbose=1,
+        teacher_outputs="auto",
+        student_outputs="auto",
+        build_teacher=None,
+    ):
+        if not callable(build_model) or isinstance(build_model, keras.Model):
+            raise ValueError(
+                "`build_model` must be a function returning a fresh, "
+                "uncompiled keras.Model (a model object would be shared by "
+                f"every generation). Received: build_model={build_model!r}"
+            )
+        if (
+            isinstance(generations, bool)
+            or not isinstance(generations, (int, np.integer))
+            or generations < 1
+        ):
+            raise ValueError(
+                "`generations` must be an integer >= 1: the number of "
+                f"student generations. Received: generations={generations!r}"
+            )
+        if teacher is not None:
+            if not isinstance(teacher, keras.Model):
+                raise ValueError(
+                    "`teacher` must be a trained keras.Model or None. "
+                    f"Received: teacher={teacher!r}"
+                )
+            if not teacher.built:
+                raise ValueError(
+                    f"The teacher {teacher.name!r} is not built, so it has no "
+                    "trained weights. Train it (or load a trained model), or "
+                    "pass teacher=None to train generation 0 on the labels."
+                )
+        if build_teacher is not None and (
+            teacher is not None
+            or not callable(build_teacher)
+            or isinstance(build_teacher, keras.Model)
+        ):
+            raise ValueError(
+                "`build_teacher` must be a function returning a fresh, "
+                "uncompiled keras.Model, and goes without `teacher`. "
+                f"Received: build_teacher={build_teacher!r}, "
+                f"teacher={teacher!r}"
+            )
+        if teach_from not in _TEACH_FROM:
+            raise ValueError(
+                f"`teach_from` must be one of {_TEACH_FROM}. "
+                f"Received: teach_from={teach_from!r}"
+            )
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+        ):
+            raise ValueError(f"`seed` must be an integer or None. Received: {seed!r}")
+        for value in (tensorboard, progress):
+            if value not in ("auto", True, False) and not isinstance(
+                value, (GenerationTensorBoard, TqdmProgress)
+            ):
+                raise ValueError(
+                    "`tensorboard` and `progress` take 'auto', True, False or "
+                    f"a callback instance. Received: {value!r}"
+                )
+        self.build_model = build_model
+        self.build_teacher = build_teacher
+        self.generations = int(generations)
+        self.teacher = teacher
+        self.distillation_loss = losses_module.get(distillation_loss)
+        self.ground_truth_weight = validate_ground_truth_weight(
+            ground_truth_weight
+        )
+        self.optimizer = optimizer
+        self._make_optimizer()  # Fails early on a bad optimizer.
+        self.metrics = list(metrics or ())
+        self.directory = None if directory is None else os.fspath(directory)
+        self.teach_from = teach_from
+        self.seed = None if seed is None else int(seed)
+        self.overwrite = bool(overwrite)
+        self.tensorboard = tensorboard
+        self.progress = progress
+        self.verbose = verbose
+        self.teacher_outputs = validate_output_kind(
+            teacher_outputs, "teacher_outputs"
+        )
+        self.student_outputs = validate_output_kind(
+            student_outputs, "student_outputs"
+        )
+        self._built_models = []
+
+    # Pieces -----------------------------------------------------------------
+
+    def _make_optimizer(self):
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            return type(optimizer).from_config(optimizer.get_config())
+        if isinstance(optimizer, (str, dict)):
+            return keras.optimizers.get(copy.deepcopy(optimizer))
+        if callable(optimizer):
+            made = optimizer()
+            if not isinstance(made, keras.optimizers.Optimizer):
+                raise ValueError(
+                    "The `optimizer` function must return a keras optimizer. "
+                    f"It returned {made!r}."
+                )
+            return made
+        raise ValueError(
+            "`optimizer` must be a name, a serialized optimizer, an "
+            "optimizer or a function returning one. "
+            f"Received: optimizer={optimizer!r}"
+        )
+
+    def _builder(self, generation):
+        if generation == 0 and self.build_teacher is not None:
+            return self.build_teacher
+        return self.build_model
+
+    def _fresh_model(self, generation, sample_x):
+        """A new model from `build_model`, built and checked."""
+        model = self._builder(generation)()
+        where = (
+            f"for generation {generation}" if generation is not None
+            else "on its first call"
+        )
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                f"`build_model` must return a keras.Model; {where} it "
+                f"returned {model!r}."
+            )
+        for previous in [self.teacher, *self._built_models]:
+            if previous is None:
+                continue
+            if model is previous:
+                raise ValueError(
+                    f"`build_model` returned the model {model.name!r} twice "
+                    f"({where}): two generations would share one model, so "
+                    "training the student would change its teacher. Build a "
+                    "new model on every call."
+                )
+        if not model.built:
+            model(sample_x, training=False)
+        known = {
+            id(v)
+            for previous in [self.teacher, *self._built_models]
+            if previous is not None
+            for v in previous.weights
+        }
+        shared = [v.path for v in model.weights if id(v) in known]
+        if shared:
+            raise ValueError(
+                f"The model `build_model` returned {where} shares weights "
+                f"with an earlier generation or the teacher: "
+                f"{', '.join(shared[:5])}. Build every model from new layers."
+            )
+        self._built_models.append(model)
+        return model
+
+    def _output_kind(self, generation):
+        if generation == 0 and self.teacher is not None:
+            return resolve_output_kind(
+                self.teacher, self.teacher_outputs, "teacher_outputs"
+            )
+        model = self._models[generation]
+        return resolve_output_kind(model, self.student_outputs, "student_outputs")
+
+    def teacher_source(self, generation, models):
+        """The model whose outputs teach `generation` (K >= 1).
+
+        The one place that decides where a generation's targets come from.
+
+        Args:
+            generation: The student generation, 1..N.
+            models: The models so far, `[teacher, gen-1, ...]`.
+
+        Returns:
+            A `keras.Model`.
+        """
+        if self.teach_from == "teacher":
+            return models[0]
+        return models[generation - 1]
+
+    def _compile_for_labels(self, model, kind, optimizer=None):
+        model.compile(
+            optimizer=optimizer or self._make_optimizer(),
+            loss=_crossentropy(self._label_format, kind == "logits"),
+            metrics=_fresh_metrics(
+                self.metrics,
+                binary_logits=self._label_format == "binary"
+                and kind == "logits",
+            ),
+        )
+
+    def _tensorboard_callback(self):
+        if isinstance(self.tensorboard, GenerationTensorBoard):
+            return self.tensorboard
+        on = self.tensorboard
+        if on == "auto":
+            on = self.directory is not None
+        if not on:
+            return None
+        if self.directory is None:
+            raise ValueError(
+                "tensorboard=True needs a `directory` to write logs in."
+            )
+        return GenerationTensorBoard(os.path.join(self.directory, LOGS_DIR))
+
+    def _progress_callback(self):
+        if isinstance(self.progress, TqdmProgress):
+            return self.progress
+        on = self.progress
+        if on == "auto":
+            on = self.directory is not None
+        return TqdmProgress() if on else None
+
+    def _say(self, message):
+        if self.verbose and self._progress is None:
+            print(message, file=sys.stdout, flush=True)
+
+    def _path(self, *parts):
+        return os.path.join(self.directory, *parts)
+
+    # Configuration and directory -------------------------------------------
+
+    def _configuration(self, splits, epochs, teacher_epochs, fit_kwargs,
+                       architecture):
+        optimizer = self._make_optimizer()
+        config = {
+            "format": _FORMAT,
+            "generations": self.generations,
+            "teach_from": self.teach_from,
+            # Names are numbered per process ("adam_3"): left out.
+            "distillation_loss": _strip_names(
+                keras.saving.serialize_keras_object(self.distillation_loss)
+            ),
+            "ground_truth_weight": self.ground_truth_weight,
+            "optimizer": _strip_names(
+                keras.saving.serialize_keras_object(optimizer)
+            ),
+            "epochs": int(epochs),
+            "teacher_epochs": None if self.teacher is not None else int(
+                teacher_epochs or epochs
+            ),
+            "seed": self.seed,
+            "model": architecture,
+            "teacher": None,
+            "data": {name: data.describe() for name, data in splits.items()},
+            "fit": {key: fit_kwargs[key] for key in sorted(fit_kwargs)},
+            "outputs": {
+                "teacher": self.teacher_outputs,
+                "student": self.student_outputs,
+            },
+        }
+        if self.teacher is not None:
+            config["teacher"] = {
+                **architecture_fingerprint(self.teacher),
+                "weights_sha256": weights_fingerprint(self.teacher),
+            }
+        return _normalize(config)
+
+    def _prepare_directory(self, config):
+        """Checks the directory against `config`; returns the saved results."""
+        os.makedirs(self.directory, exist_ok=True)
+        results_path = self._path(RESULTS_FILE)
+        ours = [
+            name for name in os.listdir(self.directory)
+            if re.fullmatch(r"gen-\d+", name) or name == LOGS_DIR
+        ]
+        if os.path.exists(results_path):
+            saved = _read_json(results_path)
+            if saved.get("config") == config:
+                return saved
+            problem = (
+                f"The directory {self.directory!r} holds a chain made by a "
+                "different configuration:\n"
+                + "\n".join(
+                    describe_differences(saved.get("config") or {}, config)
+                )
+            )
+        elif ours:
+            problem = (
+                f"The directory {self.directory!r} holds {', '.join(ours)} "
+                f"but no {RESULTS_FILE}, so it is not a chain this runner "
+                "can resume."
+            )
+        else:
+            return None
+        if not self.overwrite:
+            raise ConfigurationMismatch(
+                problem + "\nNothing was changed. Use another directory, or "
+                "pass overwrite=True to clear it and start afresh."
+            )
+        for name in ours:
+            shutil.rmtree(self._path(name))
+        if os.path.exists(results_path):
+            os.remove(results_path)
+        return None
+
+    def _write_results(self, complete=False, table=None):
+        if self.directory is None:
+            return
+        value = {
+            "config": self._config,
+            "complete": complete,
+            "generations": self._records,
+        }
+        if table is not None:
+            value["table"] = table
+        write_json_atomically(self._path(RESULTS_FILE), value)
+
+    # Evaluation ---------------------------------------------------------------
+
+    def _evaluate(self, model, kind=None):
+        """Metrics of `model`'s probabilities on each evaluation split."""
+        if not self._evaluation_splits:
+            return {}
+        if not isinstance(model, GenerationEnsemble):
+            model = GenerationEnsemble([model], outputs=[kind], name="single")
+        model.compile(
+            loss=_crossentropy(self._label_format, from_logits=False),
+            metrics=_fresh_metrics(self.metrics),
+        )
+        results = {}
+        for split, data in self._evaluation_splits.items():
+            values = model.evaluate(
+                **data.fit_arguments(), verbose=0, return_dict=True
+            )
+            results[split] = _float_logs(values)
+        return results
+
+    def _log_evaluation(self, generation, evaluation):
+        if self._board is None:
+            return
+        for split, values in evaluation.items():
+            self._board.log_evaluation(generation, values, split)
+
+    # Training -----------------------------------------------------------------
+
+    def _fit(self, generation, trainer, train, validation, epochs, callbacks,
+             fit_kwargs):
+        name = model_name(generation)
+        directory = self._path(f"gen-{generation}") if self.directory else None
+        record = _EpochRecord(
+            os.path.join(directory, HISTORY_FILE) if directory else None
+        )
+        internal = []
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+            internal.append(
+                keras.callbacks.BackupAndRestore(
+                    os.path.join(directory, BACKUP_DIR),
+                    delete_checkpoint=False,
+                )
+            )
+        internal += [record, _DivergenceGuard(generation, self.directory)]
+        monitors = []
+        if self._board is not None:
+            self._board.set_generation(generation)
+            monitors.append(self._board)
+        if self._progress is not None:
+            self._progress.set_generation(model_label(generation))
+            monitors.append(self._progress)
+        arguments = dict(fit_kwargs)
+        if train.kind != "arrays":
+            # Datasets shuffle themselves; Keras warns when told to.
+            arguments.setdefault("shuffle", False)
+        if self._progress is not None:
+            arguments["verbose"] = 0
+        else:
+            arguments.setdefault("verbose", self.verbose)
+        if validation is not None:
+            arguments["validation_data"] = validation.validation_argument()
+            if validation.kind == "arrays" and validation.batch_size:
+                arguments.setdefault(
+                    "validation_batch_size", validation.batch_size
+                )
+        self._say(f"Training {model_label(generation)} ({name})")
+        try:
+            trainer.fit(
+                **train.fit_arguments(),
+                epochs=epochs,
+                callbacks=internal + monitors + callbacks,
+                **arguments,
+            )
+        except BaseException:
+            for monitor in monitors:
+                try:
+                    monitor.on_train_end({})
+                except Exception:  # noqa: BLE001 - cleanup only
+                    pass
+            if isinstance(sys.exc_info()[1], TrainingDiverged):
+                self._records[name] = {
+                    "status": "diverged", "message": str(sys.exc_info()[1])
+                }
+                self._write_results()
+            raise
+        history = keras.callbacks.History()
+        history.history = record.history()
+        history.epoch = [entry["epoch"] for entry in record.entries]
+        return history, record.elapsed()
+
+    def _train_generation(self, generation, train, validation, epochs,
+                          callbacks, fit_kwargs, sample_x):
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed + generation)
+        model = self._fresh_model(generation, sample_x)
+        self._models.append(model)
+        kind = self._output_kind(generation)
+        optimizer = self._make_optimizer()
+        user_callbacks = copy_callbacks(callbacks, generation)
+        if generation == 0:
+            self._compile_for_labels(model, kind, optimizer)
+            trainer = model
+            teacher, was_trainable = None, None
+        else:
+            teacher = self.teacher_source(generation, self._models)
+            was_trainable = teacher.trainable
+            trainer = Distiller(
+                model,
+                teacher,
+                teacher_outputs=self._teacher_kind(generation),
+                student_outputs=kind,
+            )
+            trainer.compile(
+                optimizer=optimizer,
+                distillation_loss=self.distillation_loss,
+                ground_truth_weight=self.ground_truth_weight,
+                metrics=_fresh_metrics(self.metrics),
+            )
+        try:
+            history, elapsed = self._fit(
+                generation, trainer, train, validation, epochs,
+                user_callbacks, fit_kwargs,
+            )
+        finally:
+            if teacher is not None:
+                teacher.trainable = was_trainable
+        return model, history, elapsed
+
+    def _teacher_kind(self, generation):
+        source = self.teacher_source(generation, self._models)
+        index = next(
+            k for k, model in enumerate(self._models) if model is source
+        )
+        return self._output_kind(index)
+
+    def _load_generation(self, generation, sample_x):
+        path = self._path(f"gen-{generation}", MODEL_FILE)
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as error:  # noqa: BLE001
+            # Safe mode refuses e.g. Lambda layers: rebuild and load weights.
+            try:
+                model = self._builder(generation)()
+                if not model.built:
+                    model(sample_x, training=False)
+                model.load_weights(path)
+            except Exception:  # noqa: BLE001
+                raise ValueError(
+                    f"Cannot load the finished generation {path!r}: {error}"
+                ) from error
+        self._built_models.append(model)
+        return model
+
+    # The chain ------------------------------------------------------------------
+
+    def run(
+        self,
+        train_data,
+        validation_data=None,
+        test_data=None,
+        epochs=1,
+        teacher_epochs=None,
+        callbacks=None,
+        batch_size=None,
+        evaluate=True,
+        **fit_kwargs,
+    ):
+        """Trains (or resumes) the chain and evaluates every model.
+
+        Args:
+            train_data: A `tf.data.Dataset`, a `keras.utils.PyDataset` or an
+                `(x, y)` tuple of arrays. Labels are needed to train the
+                teacher, with `ground_truth_weight > 0`, or for a loss that
+                reads them (`"cwtm"`).
+            validation_data: Optional data of the same kinds, with labels:
+                `fit`'s validation data, and a split of the table.
+            test_data: Optional labeled data: a split of the table.
+            epochs: Epochs per student generation.
+            teacher_epochs: Epochs of the teacher (generation 0) when it is
+                trained here. Defaults to `epochs`.
+            callbacks: Keras callbacks, copied afresh for every generation,
+                or a function of the generation returning a list.
+            batch_size: Batch size for array data.
+            evaluate: Whether to evaluate the models and ensembles on the
+                validation and test data (on the training data when there
+                are neither) for the table. False leaves the table empty.
+            **fit_kwargs: Other `fit` arguments for every generation
+                (`steps_per_epoch`, `shuffle`, `class_weight`...).
+
+        Returns:
+            A `GenerationResult`.
+
+        Raises:
+            ValueError: On bad input, before anything is trained.
+            ConfigurationMismatch: When `directory` holds another chain.
+            TrainingDiverged: When a generation's loss becomes NaN.
+        """
+        for key in _RESERVED_FIT_ARGUMENTS:
+            if key in fit_kwargs:
+                raise ValueError(
+                    f"`{key}` is not a fit argument of run(); see its "
+                    "arguments (train_data, validation_data, epochs, "
+                    "callbacks, batch_size)."
+                )
+        for name, value in (("epochs", epochs), ("teacher_epochs", teacher_epochs)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                or value < 1
+            ):
+                raise ValueError(f"`{name}` must be an integer >= 1. Received: {value!r}")
+        train = _Data(train_data, batch_size, "train_data")
+        splits = {"train": train}
+        if validation_data is not None:
+            splits["validation"] = _Data(
+                validation_data, batch_size, "validation_data"
+            )
+        if test_data is not None:
+            splits["test"] = _Data(test_data, batch_size, "test_data")
+        self._check_labels(splits)
+        sample_x, sample_y = train.first_batch()
+
+        # A throwaway model checks build_model and fingerprints it.
+        self._built_models = []
+        self._models = []
+        probe = self._fresh_model(None, sample_x)
+        shape = _output_shape(probe, sample_x)
+        teacher_probe = self.teacher
+        if self.build_teacher is not None:
+            teacher_probe = self.build_teacher()
+            if not isinstance(teacher_probe, keras.Model):
+                raise ValueError(
+                    "`build_teacher` must return a keras.Model; it returned "
+                    f"{teacher_probe!r}."
+                )
+        if teacher_probe is not None:
+            teacher_shape = _output_shape(teacher_probe, sample_x)
+            if teacher_shape != shape:
+                raise ValueError(
+                    "The models of `build_model` must have the teacher's "
+                    f"output shape. Received: teacher output shape "
+                    f"{teacher_shape}, build_model() output shape {shape}."
+                )
+        classes = shape[-1] if shape else 1
+        label_source = sample_y
+        if label_source is None:
+            for data in splits.values():
+                if data.has_labels:
+                    label_source = data.first_batch()[1]
+                    break
+        self._label_format = (
+            "sparse" if label_source is None
+            else _label_format(label_source, classes)
+        )
+        self._config = self._configuration(
+            splits, epochs, teacher_epochs, fit_kwargs,
+            architecture_fingerprint(probe),
+        )
+        if self.build_teacher is not None:
+            self._config["teacher"] = _normalize(
+                {"build": architecture_fingerprint(teacher_probe)}
+            )
+        evaluation_splits = {
+            k: v for k, v in splits.items() if k in ("validation", "test")
+        }
+        self._evaluation_splits = evaluation_splits or {"train": train}
+        if not evaluate:
+            self._evaluation_splits = {}
+
+        saved = None
+        if self.directory is not None:
+            saved = self._prepare_directory(self._config)
+        self._records = dict((saved or {}).get("generations") or {})
+        self._write_results()
+
+        self._board = self._tensorboard_callback()
+        self._progress = self._progress_callback()
+        first = 0 if self.teacher is None else 1
+        if self._progress is not None:
+            done = sum(
+                1 for k in range(first, self.generations + 1)
+                if self._finished(k)
+            )
+            self._progress.begin_generations(
+                self.generations + 1 - first, initial=done
+            )
+        validation = splits.get("validation")
+        histories = {}
+        evaluations = {}
+        try:
+            if self.teacher is not None:
+                self._models.append(self.teacher)
+                histories["teacher"] = None
+            for generation in range(first, self.generations + 1):
+                name = model_name(generation)
+                if self._finished(generation):
+                    model = self._load_generation(generation, sample_x)
+                    self._models.append(model)
+                    record = self._records[name]
+                    history = keras.callbacks.History()
+                    history.history = record.get("history", {})
+                    histories[name] = history
+                    self._say(f"Loaded {model_label(generation)} ({name})")
+                    continue
+                gen_epochs = epochs if generation else (teacher_epochs or epochs)
+                model, history, elapsed = self._train_generation(
+                    generation, train, validation, gen_epochs, callbacks,
+                    fit_kwargs, sample_x,
+                )
+                histories[name] = history
+                evaluation = self._evaluate(model, self._output_kind(generation))
+                evaluations[name] = evaluation
+                self._log_evaluation(generation, evaluation)
+                record = {
+                    "status": "done",
+                    "path": f"gen-{generation}/{MODEL_FILE}",
+                    "history": history.history,
+                    "epochs": len(history.epoch),
+                    "wall_time": elapsed,
+                    "params": int(model.count_params()),
+                    "evaluation": evaluation,
+                }
+                if self.directory is not None:
+                    save_model_atomically(
+                        model, self._path(f"gen-{generation}", MODEL_FILE)
+                    )
+                self._records[name] = record
+                self._write_results()
+                if self.directory is not None:
+                    shutil.rmtree(
+                        self._path(f"gen-{generation}", BACKUP_DIR),
+                        ignore_errors=True,
+                    )
+                if self._progress is not None:
+                    self._progress.end_generation(
+                        history.history and {
+                            k: v[-1] for k, v in history.history.items()
+                        }
+                    )
+            return self._finish(histories, evaluations)
+        finally:
+            if self._progress is not None:
+                self._progress.end_generations()
+
+    def _finished(self, generation):
+        if self.directory is None:
+            return False
+        record = self._records.get(model_name(generation)) or {}
+        return record.get("status") == "done" and os.path.exists(
+            self._path(f"gen-{generation}", MODEL_FILE)
+        )
+
+    def _check_labels(self, splits):
+        train = splits["train"]
+        reasons = []
+        if self.teacher is None:
+            reasons.append("generation 0 (the teacher) is trained on them")
+        if self.ground_truth_weight > 0:
+            reasons.append(
+                f"ground_truth_weight is {self.ground_truth_weight}"
+            )
+        if self.distillation_loss.uses_labels:
+            reasons.append(
+                f"the loss {type(self.distillation_loss).__name__} reads them"
+            )
+        if reasons and not train.has_labels:
+            raise ValueError(
+                "`train_data` carries no labels, but "
+                + " and ".join(reasons)
+                + ". Pass (x, y) data, or a trained `teacher` with "
+                "ground_truth_weight=0 and a loss without labels."
+            )
+        for name in ("validation", "test"):
+            if name in splits and not splits[name].has_labels:
+                raise ValueError(
+                    f"`{name}_data` must carry labels: the models are "
+                    "evaluated on it."
+                )
+
+    def _finish(self, histories, evaluations):
+        models = self._models
+        table = []
+        for generation, model in enumerate(models):
+            name = model_name(generation)
+            record = self._records.get(name) or {}
+            evaluation = evaluations.get(name) or record.get("evaluation")
+            wanted = set(self._evaluation_splits)
+            if not evaluation or set(evaluation) != wanted or any(
+                not self._has_metrics(values) for values in evaluation.values()
+            ):
+                evaluation = self._evaluate(model, self._output_kind(generation))
+                if generation > 0 or self.teacher is None:
+                    record["evaluation"] = evaluation
+            if generation == 0 and self.teacher is not None:
+                self._log_evaluation(0, evaluation)
+            for split in self._evaluation_splits:
+                values = evaluation[split]
+                table.append({
+                    "name": name,
+                    "label": model_label(generation),
+                    "split": split,
+                    **values,
+                    "params": int(model.count_params()),
+                    "wall_time": record.get("wall_time"),
+                })
+        for generation, model in enumerate(models):
+            if generation > 0 or self.teacher is None:
+                self._compile_for_labels(model, self._output_kind(generation))
+        kinds = [self._output_kind(k) for k in range(len(models))]
+        ensemble = GenerationEnsemble(
+            models[1:], outputs=kinds[1:], name="ensemble"
+        )
+        with_teacher = GenerationEnsemble(
+            models, outputs=kinds, name="ensemble_with_teacher"
+        )
+        for name, ensemble_model, members in (
+            ("ensemble", ensemble, range(1, len(models))),
+            ("ensemble_with_teacher", with_teacher, range(len(models))),
+        ):
+            evaluation = self._evaluate(ensemble_model)
+            times = [
+                (self._records.get(model_name(k)) or {}).get("wall_time")
+                for k in members
+            ]
+            times = [t for t in times if t is not None]
+            for split, values in evaluation.items():
+                table.append({
+                    "name": name,
+                    "label": ENSEMBLE_NAMES[name],
+                    "split": split,
+                    **values,
+                    "params": int(
+                        sum(models[k].count_params() for k in members)
+                    ),
+                    "wall_time": sum(times) if times else None,
+                })
+                if self._board is not None:
+                    self._board.log_scalars(
+                        self.generations, values, f"{split}/{name}"
+                    )
+        if self._board is not None:
+            self._board.log_hparams(
+                self._hparams(),
+                metrics=[
+                    f"{split}/{metric}"
+                    for split in self._evaluation_splits
+                    for metric in ("accuracy", "loss")
+                ],
+                trial_id=os.path.basename(os.path.abspath(self.directory))
+                if self.directory else None,
+            )
+        self._write_results(complete=True, table=table)
+        return GenerationResult(
+            models, ensemble, with_teacher, table, histories,
+            directory=self.directory, config=self._config,
+        )
+
+    def _has_metrics(self, values):
+        names = {"loss"}
+        for metric in self.metrics:
+            if isinstance(metric, str):
+                names.add("accuracy" if metric in ("acc", "accuracy") else metric)
+            elif hasattr(metric, "name"):
+                names.add(metric.name)
+        return names <= set(values)
+
+    def _hparams(self):
+        loss = self.distillation_loss
+        optimizer = self._make_optimizer()
+        learning_rate = optimizer.get_config().get("learning_rate")
+        train = self._config["data"]["train"]
+        return {
+            "generations": self.generations,
+            "distillation_loss": type(loss).__name__,
+            "temperature": getattr(loss, "temperature", 1.0),
+            "ground_truth_weight": self.ground_truth_weight,
+            "teach_from": self.teach_from,
+            "teacher": "trained" if self.teacher is None else "given",
+            "epochs": self._config["epochs"],
+            "teacher_epochs": self._config["teacher_epochs"] or 0,
+            "optimizer": type(optimizer).__name__,
+            "learning_rate": learning_rate
+            if isinstance(learning_rate, (int, float)) else str(learning_rate),
+            "seed": -1 if self.seed is None else self.seed,
+            "batch_size": train.get("batch_size") or 0,
+        }

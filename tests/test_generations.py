@@ -1,0 +1,719 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kdtrain
+from kdtrain import losses
+from kdtrain.ensemble import GenerationEnsemble
+from kdtrain.generations import ConfigurationMismatch
+from kdtrain.generations import GenerationRunner
+from kdtrain.generations import TrainingDiverged
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def build_model(hidden=16, activation=None):
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(10, activation=activation),
+        ]
+    )
+
+
+def adam():
+    return keras.optimizers.Adam(0.01)
+
+
+def split(digits):
+    x, y = digits
+    return (x[:1300], y[:1300]), (x[1300:1550], y[1300:1550]), (
+        x[1550:], y[1550:]
+    )
+
+
+def make_runner(directory, **kwargs):
+    options = dict(
+        generations=2,
+        optimizer=adam,
+        directory=directory,
+        seed=0,
+        progress=False,
+        verbose=0,
+    )
+    options.update(kwargs)
+    return GenerationRunner(build_model, **options)
+
+
+def softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class EpochSpy(keras.callbacks.Callback):
+    """Records (generation, epoch) in a list shared by all its copies."""
+
+    calls = []
+
+    def __init__(self, generation=None):
+        super().__init__()
+        self.generation = generation
+
+    def on_epoch_begin(self, epoch, logs=None):
+        EpochSpy.calls.append((self.generation, epoch))
+
+
+@pytest.fixture(scope="module")
+def chain(digits, tmp_path_factory):
+    train, validation, test = split(digits)
+    directory = tmp_path_factory.mktemp("chain") / "run"
+    result = make_runner(directory).run(
+        train, validation_data=validation, test_data=test, epochs=2,
+        batch_size=64,
+    )
+    return SimpleNamespace(
+        result=result, directory=directory, train=train,
+        validation=validation, test=test,
+    )
+
+
+# A chain with a directory -----------------------------------------------------
+
+
+def test_chain_writes_a_checkpoint_per_generation(chain):
+    directory = chain.directory
+    for k in range(3):
+        assert (directory / f"gen-{k}" / "model.keras").is_file()
+        assert not (directory / f"gen-{k}" / "backup").exists()
+        history = json.loads((directory / f"gen-{k}" / "history.json").read_text())
+        assert [entry["epoch"] for entry in history] == [0, 1]
+    assert not [p for p in directory.rglob("*.tmp*")]
+    results = json.loads((directory / "results.json").read_text())
+    assert results["complete"] is True
+    assert set(results["generations"]) == {"teacher", "gen-1", "gen-2"}
+    record = results["generations"]["gen-1"]
+    assert record["status"] == "done"
+    assert record["epochs"] == 2
+    assert set(record["history"]) >= {
+        "loss", "distillation_loss", "ground_truth_loss", "accuracy",
+        "val_loss", "val_accuracy",
+    }
+    assert record["params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert results["config"]["generations"] == 2
+    assert results["config"]["model"]["params"] == record["params"]
+    assert results["table"] == chain.result.table
+
+
+def test_saved_generations_are_the_trained_models(chain):
+    x_test = chain.test[0]
+    for k in (0, 1, 2):
+        loaded = keras.saving.load_model(
+            chain.directory / f"gen-{k}" / "model.keras"
+        )
+        np.testing.assert_allclose(
+            loaded.predict(x_test, verbose=0),
+            chain.result.models[k].predict(x_test, verbose=0),
+            rtol=1e-5, atol=1e-6,
+        )
+
+
+def test_table_rows_and_markdown(chain):
+    result = chain.result
+    assert result.names == ["teacher", "gen-1", "gen-2"]
+    names = ["teacher", "gen-1", "gen-2", "ensemble", "ensemble_with_teacher"]
+    assert [(r["name"], r["split"]) for r in result.table] == [
+        (name, split) for name in names for split in ("validation", "test")
+    ]
+    for row in result.table:
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert np.isfinite(row["loss"]) and row["params"] > 0
+        assert row["wall_time"] > 0
+    assert result.row("teacher")["accuracy"] > 0.7
+    assert result.row("ensemble")["params"] == 2 * result.row("gen-1")["params"]
+    markdown = result.to_markdown().splitlines()
+    assert markdown[0] == (
+        "| Metrics | Teacher | BAN-1 | BAN-2 | Ensemble | Ensemble + teacher |"
+    )
+    assert markdown[2].startswith("| Accuracy | ")
+    assert markdown[3].startswith("| Loss | ")
+    assert f"{result.row('gen-2')['loss']:.4f}" in markdown[3]
+    assert "validation" in result.splits
+
+
+def test_ensemble_accuracy_is_the_hand_average(chain):
+    x_test, y_test = chain.test
+    models = chain.result.models
+    probabilities = [softmax(m.predict(x_test, verbose=0)) for m in models]
+    students = np.mean(probabilities[1:], axis=0)
+    everyone = np.mean(probabilities, axis=0)
+    for name, average in (("ensemble", students),
+                          ("ensemble_with_teacher", everyone)):
+        row = chain.result.row(name, "test")
+        np.testing.assert_allclose(
+            row["accuracy"], (average.argmax(-1) == y_test).mean(), atol=1e-6
+        )
+        crossentropy = -np.log(average[np.arange(len(y_test)), y_test]).mean()
+        np.testing.assert_allclose(row["loss"], crossentropy, rtol=1e-4)
+    np.testing.assert_allclose(
+        chain.result.ensemble.predict(x_test, verbose=0), students, rtol=1e-5,
+        atol=1e-6,
+    )
+    assert isinstance(chain.result.ensemble, GenerationEnsemble)
+    assert chain.result.ensemble.models == models[1:]
+
+
+def test_models_are_fresh_compiled_and_distinct(chain):
+    models = chain.result.models
+    assert len({id(m) for m in models}) == 3
+    weights = [{id(v) for v in m.weights} for m in models]
+    assert not (weights[0] & weights[1]) and not (weights[1] & weights[2])
+    assert all(m.trainable for m in models)
+    x_test, y_test = chain.test
+    logs = models[2].evaluate(x_test, y_test, verbose=0, return_dict=True)
+    np.testing.assert_allclose(
+        logs["accuracy"], chain.result.row("gen-2", "test")["accuracy"],
+        atol=1e-6,
+    )
+
+
+def test_chain_records_tensorboard_runs(chain):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    def tensors(path):
+        accumulator = event_accumulator.EventAccumulator(
+            str(path), size_guidance={event_accumulator.TENSORS: 0}
+        )
+        accumulator.Reload()
+        return accumulator
+
+    logs = chain.directory / "logs"
+    for k in range(3):
+        train = tensors(logs / f"gen-{k}" / "train")
+        steps = [event.step for event in train.Tensors("epoch_loss")]
+        assert steps == [0, 1]
+        validation = tensors(logs / f"gen-{k}" / "validation")
+        assert len(validation.Tensors("epoch_accuracy")) == 2
+    student = tensors(logs / "gen-1" / "train")
+    assert len(student.Tensors("epoch_distillation_loss")) == 2
+    summary = tensors(logs / "summary")
+    events = summary.Tensors("test/accuracy")
+    assert sorted(event.step for event in events) == [0, 1, 2]
+    for event in events:
+        value = float(tf.make_ndarray(event.tensor_proto))
+        name = "teacher" if event.step == 0 else f"gen-{event.step}"
+        np.testing.assert_allclose(
+            value, chain.result.row(name, "test")["accuracy"], rtol=1e-6
+        )
+    assert summary.Tensors("test/ensemble/accuracy")
+    plugins = summary.PluginTagToContent("hparams")
+    assert plugins  # The HParams plugin's session and experiment data.
+
+
+def test_rerun_loads_finished_generations(chain):
+    model_file = chain.directory / "gen-1" / "model.keras"
+    before = (model_file.stat().st_mtime_ns, model_file.read_bytes())
+    EpochSpy.calls = []
+    result = make_runner(chain.directory).run(
+        chain.train, validation_data=chain.validation, test_data=chain.test,
+        epochs=2, batch_size=64, callbacks=[EpochSpy()],
+    )
+    assert EpochSpy.calls == []  # Nothing trained.
+    assert (model_file.stat().st_mtime_ns, model_file.read_bytes()) == before
+    for old, new in zip(chain.result.table, result.table):
+        assert (old["name"], old["split"]) == (new["name"], new["split"])
+        np.testing.assert_allclose(old["accuracy"], new["accuracy"], atol=1e-6)
+        np.testing.assert_allclose(old["loss"], new["loss"], rtol=1e-5)
+    assert result.histories["gen-1"].history == (
+        chain.result.histories["gen-1"].history
+    )
+
+
+def test_changed_configuration_is_refused(chain):
+    results = chain.directory / "results.json"
+    before = results.read_bytes()
+    model_file = chain.directory / "gen-2" / "model.keras"
+    mtime = model_file.stat().st_mtime_ns
+    with pytest.raises(ConfigurationMismatch) as error:
+        make_runner(chain.directory, generations=3,
+                    ground_truth_weight=0.5).run(
+            chain.train, validation_data=chain.validation,
+            test_data=chain.test, epochs=2, batch_size=64,
+        )
+    message = str(error.value)
+    assert "generations: 2 in the directory, 3 now" in message
+    assert "ground_truth_weight: 0.0 in the directory, 0.5 now" in message
+    assert "overwrite=True" in message
+    with pytest.raises(ConfigurationMismatch, match="epochs"):
+        make_runner(chain.directory).run(
+            chain.train, validation_data=chain.validation,
+            test_data=chain.test, epochs=3, batch_size=64,
+        )
+    assert results.read_bytes() == before
+    assert model_file.stat().st_mtime_ns == mtime
+
+
+def test_overwrite_clears_a_directory_of_another_configuration(
+    digits, trained_teacher, tmp_path
+):
+    train, _, test = split(digits)
+    runner = make_runner(tmp_path, generations=1, teacher=trained_teacher)
+    runner.run(train, epochs=1, batch_size=128)
+    assert (tmp_path / "gen-1" / "model.keras").exists()
+    other = make_runner(
+        tmp_path, generations=1, teacher=trained_teacher, overwrite=True,
+        tensorboard=False,
+    )
+    result = other.run(train, test_data=test, epochs=1, batch_size=128)
+    config = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert config["data"]["test"]["x"] == [len(test[0]), 64]
+    assert not (tmp_path / "logs").exists()
+    assert result.splits == ["test"]
+
+
+def test_unrelated_directory_contents_are_refused(digits, tmp_path):
+    (tmp_path / "gen-1").mkdir()
+    with pytest.raises(ConfigurationMismatch, match="no results.json"):
+        make_runner(tmp_path).run(split(digits)[0], epochs=1)
+
+
+# Resume after SIGKILL ---------------------------------------------------------
+
+
+def _run_script(args, timeout):
+    return subprocess.run(
+        [sys.executable, os.path.join(HERE, "chain_script.py"), *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_chain_killed_during_generation_2_resumes(tmp_path):
+    directory, log, marker = (
+        tmp_path / "chain", tmp_path / "epochs.log", tmp_path / "marker"
+    )
+    child = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "chain_script.py"),
+         str(directory), str(log), "--pause-marker", str(marker)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, child.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "generation 2 never started"
+            time.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    first_run = log.read_text().split("\n")
+    assert "2 0" in first_run and "2 1" not in first_run
+    gen_1 = directory / "gen-1" / "model.keras"
+    before = (gen_1.stat().st_mtime_ns, gen_1.read_bytes())
+    assert not (directory / "gen-2" / "model.keras").exists()
+    assert (directory / "gen-2" / "backup").is_dir()
+    log.write_text("")
+
+    finished = _run_script([str(directory), str(log)], timeout=180)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    # Generations 0 and 1 were loaded; generation 2 resumed at epoch 2.
+    assert log.read_text().split() == ["2", "1", "2", "2"]
+    assert (gen_1.stat().st_mtime_ns, gen_1.read_bytes()) == before
+    results = json.loads((directory / "results.json").read_text())
+    assert results["complete"] is True
+    assert results["generations"]["gen-2"]["epochs"] == 3
+    assert len(results["generations"]["gen-2"]["history"]["loss"]) == 3
+    names = [row["name"] for row in results["table"]]
+    assert names == ["teacher", "gen-1", "gen-2", "ensemble",
+                     "ensemble_with_teacher"]
+    assert "| Metrics | Teacher | BAN-1 | BAN-2 |" in finished.stdout
+    assert not (directory / "gen-2" / "backup").exists()
+
+
+# Without a directory, other teachers, data kinds ----------------------------
+
+
+def test_no_directory_writes_nothing(digits, trained_teacher, tmp_path,
+                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train, _, test = split(digits)
+    trainable = trained_teacher.trainable
+    result = make_runner(None, generations=1, teacher=trained_teacher).run(
+        train, test_data=test, epochs=1, batch_size=128
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert result.models[0] is trained_teacher
+    assert result.histories["teacher"] is None
+    assert trained_teacher.trainable == trainable  # Restored.
+    assert [row["name"] for row in result.table] == [
+        "teacher", "gen-1", "ensemble", "ensemble_with_teacher"
+    ]
+    # The teacher ends in a softmax, the students emit logits: both are
+    # averaged as probabilities.
+    x_test, y_test = test
+    average = (
+        trained_teacher.predict(x_test, verbose=0)
+        + softmax(result.models[1].predict(x_test, verbose=0))
+    ) / 2
+    np.testing.assert_allclose(
+        result.row("ensemble_with_teacher")["accuracy"],
+        (average.argmax(-1) == y_test).mean(), atol=1e-6,
+    )
+
+
+def test_teach_from_teacher(digits, trained_teacher):
+    runner = make_runner(None, teach_from="teacher", teacher=trained_teacher)
+    models = ["teacher", "gen-1", "gen-2"]
+    assert runner.teacher_source(2, models) == "teacher"
+    assert make_runner(None).teacher_source(2, models) == "gen-1"
+    with pytest.raises(ValueError, match="teach_from"):
+        make_runner(None, teach_from="first")
+
+
+class Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[part], self.y[part]
+
+
+def test_datasets_and_pydatasets(digits, trained_teacher):
+    train, validation, test = split(digits)
+    dataset = tf.data.Dataset.from_tensor_slices(train).batch(128)
+    result = make_runner(
+        None, generations=1, teacher=trained_teacher,
+        distillation_loss="cwtm",
+    ).run(
+        dataset, validation_data=Batches(*validation, 100),
+        test_data=tf.data.Dataset.from_tensor_slices(test).batch(100),
+        epochs=1,
+    )
+    assert result.splits == ["validation", "test"]
+    assert set(result.histories["gen-1"].history) >= {"loss", "val_accuracy"}
+
+
+def test_unlabeled_data_with_a_given_teacher(digits, trained_teacher):
+    x = digits[0][:512]
+    result = make_runner(None, generations=1, teacher=trained_teacher).run(
+        tf.data.Dataset.from_tensor_slices(x).batch(128), epochs=1,
+        evaluate=False,
+    )
+    assert result.table == []
+    assert "distillation_loss" in result.histories["gen-1"].history
+
+
+# Callbacks are copied per generation -------------------------------------------
+
+
+def test_user_callbacks_are_copied_per_generation(digits, trained_teacher):
+    train, validation, _ = split(digits)
+    stopper = keras.callbacks.EarlyStopping(
+        patience=5, restore_best_weights=True, monitor="val_loss"
+    )
+    spy = EpochSpy("original")
+    EpochSpy.calls = []
+    copies = []
+
+    class Capture(keras.callbacks.Callback):
+        """Sees, through a reference, the EarlyStopping its generation used."""
+
+        def on_train_end(self, logs=None):
+            copies.append(
+                (self.stopper, self.stopper.best_weights is not None,
+                 self.stopper.model is self.model)
+            )
+
+    capture = Capture()
+    capture.stopper = stopper
+    make_runner(None, teacher=trained_teacher).run(
+        train, validation_data=validation, epochs=2, batch_size=128,
+        callbacks=[stopper, spy, capture], evaluate=False,
+    )
+    # Each generation saw its own copies, starting from scratch.
+    assert EpochSpy.calls == [("original", 0), ("original", 1)] * 2
+    assert len(copies) == 2
+    assert len({id(c) for c, _, _ in copies} | {id(stopper)}) == 3
+    # Each copy was the one its generation trained with, and kept state.
+    assert all(has_best and same_model for _, has_best, same_model in copies)
+    # The instances passed in were never used.
+    assert stopper.best_weights is None and stopper.model is None
+    assert spy.model is None
+    # Different generations' best weights are different objects.
+    assert copies[0][0].best_weights is not copies[1][0].best_weights
+
+
+def test_callbacks_can_be_a_function_of_the_generation(digits,
+                                                       trained_teacher):
+    EpochSpy.calls = []
+    make_runner(None, teacher=trained_teacher).run(
+        split(digits)[0], epochs=1, batch_size=256, evaluate=False,
+        callbacks=lambda generation: [EpochSpy(generation)],
+    )
+    assert EpochSpy.calls == [(1, 0), (2, 0)]
+
+
+def test_callbacks_that_cannot_be_copied(digits, trained_teacher):
+    class Stubborn(keras.callbacks.Callback):
+        def __deepcopy__(self, memo):
+            raise TypeError("no copies")
+
+    with pytest.raises(TypeError, match="function of the generation"):
+        make_runner(None, teacher=trained_teacher).run(
+            split(digits)[0], epochs=1, callbacks=[Stubborn()]
+        )
+
+
+# Divergence ----------------------------------------------------------------------
+
+
+class Poison(keras.callbacks.Callback):
+    """Sets the student's weights to NaN at the third step."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 2:
+            for weight in self.model.student.trainable_weights:
+                weight.assign(np.full(weight.shape, np.nan, "float32"))
+
+
+def test_nan_loss_stops_with_a_clear_error(digits, trained_teacher, tmp_path):
+    runner = make_runner(tmp_path, teacher=trained_teacher, tensorboard=False)
+    with pytest.raises(TrainingDiverged) as error:
+        runner.run(
+            split(digits)[0], epochs=2, batch_size=128,
+            callbacks=lambda g: [Poison()] if g == 2 else [],
+        )
+    message = str(error.value)
+    assert "Generation 2 (BAN-2) diverged" in message
+    assert "epoch 1, step 3" in message
+    assert str(tmp_path) in message
+    assert error.value.generation == 2
+    assert (tmp_path / "gen-1" / "model.keras").exists()
+    assert not (tmp_path / "gen-2" / "model.keras").exists()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["generations"]["gen-1"]["status"] == "done"
+    assert results["generations"]["gen-2"]["status"] == "diverged"
+    assert results["complete"] is False
+
+
+# Bad input -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("generations", [0, -1, 1.5, True, None])
+def test_bad_generations(generations):
+    with pytest.raises(ValueError, match="generations"):
+        GenerationRunner(build_model, generations=generations)
+
+
+def test_build_model_must_be_a_function():
+    with pytest.raises(ValueError, match="function"):
+        GenerationRunner(build_model(), generations=1)
+
+
+def test_unbuilt_teacher():
+    teacher = keras.Sequential([keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match="not built"):
+        GenerationRunner(build_model, teacher=teacher)
+
+
+def test_build_model_returning_the_same_object(digits, tmp_path):
+    model = build_model()
+    runner = GenerationRunner(
+        lambda: model, generations=2, directory=tmp_path, verbose=0,
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="twice"):
+        runner.run(split(digits)[0], epochs=1)
+    assert not (tmp_path / "gen-0").exists()  # Refused before training.
+
+
+def test_build_model_sharing_weights(digits, trained_teacher):
+    shared = keras.layers.Dense(16, activation="relu")
+
+    def build():
+        return keras.Sequential(
+            [keras.Input((64,)), shared, keras.layers.Dense(10)]
+        )
+
+    runner = GenerationRunner(build, generations=1, teacher=trained_teacher,
+                              verbose=0)
+    with pytest.raises(ValueError, match="shares weights"):
+        runner.run(split(digits)[0], epochs=1)
+
+
+def test_output_shape_must_match_the_teacher(digits, trained_teacher):
+    def build():
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(3)])
+
+    runner = GenerationRunner(build, generations=1, teacher=trained_teacher,
+                              verbose=0)
+    with pytest.raises(ValueError, match=r"\(10,\).*\(3,\)"):
+        runner.run(split(digits)[0], epochs=1)
+
+
+@pytest.mark.parametrize(
+    "options, reason",
+    [
+        ({}, "generation 0"),
+        ({"teacher": True, "ground_truth_weight": 0.3}, "ground_truth_weight"),
+        ({"teacher": True, "distillation_loss": "cwtm"}, "ConfidenceWeighted"),
+    ],
+)
+def test_unlabeled_data_when_labels_are_needed(
+    digits, trained_teacher, tmp_path, options, reason
+):
+    if options.get("teacher"):
+        options = {**options, "teacher": trained_teacher}
+    runner = make_runner(tmp_path, **options)
+    with pytest.raises(ValueError, match=reason):
+        runner.run(digits[0][:256], epochs=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluation_data_needs_labels(digits, trained_teacher):
+    runner = make_runner(None, teacher=trained_teacher)
+    with pytest.raises(ValueError, match="test_data"):
+        runner.run(split(digits)[0], test_data=digits[0][:10], epochs=1)
+
+
+def test_generators_are_refused(digits, trained_teacher):
+    runner = make_runner(None, teacher=trained_teacher)
+    generator = (batch for batch in [digits])
+    with pytest.raises(TypeError, match="generator"):
+        runner.run(generator, epochs=1)
+
+
+def test_reserved_fit_arguments(digits, trained_teacher):
+    runner = make_runner(None, teacher=trained_teacher)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        runner.run(split(digits)[0], epochs=1, initial_epoch=1)
+
+
+# The Born-Again losses ---------------------------------------------------------
+
+
+def test_dkpp_keeps_the_argmax_and_permutes_the_rest():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(500, 6)).astype("float32") * 2
+    p = softmax(logits)
+    loss = losses.PermutedPredictions(seed=1)
+    q = keras.ops.convert_to_numpy(loss.permute(keras.ops.convert_to_tensor(p)))
+    rows = np.arange(len(p))
+    top = p.argmax(-1)
+    np.testing.assert_array_equal(q[rows, top], p[rows, top])
+    np.testing.assert_array_equal(q.argmax(-1), top)
+    np.testing.assert_allclose(np.sort(q, -1), np.sort(p, -1))
+    # The other entries really move, and every position is reached.
+    moved = (q != p).any(-1).mean()
+    assert moved > 0.9
+    ranks = np.argsort(np.argsort(-q, -1), -1)
+    for position in range(6):
+        others = top != position
+        assert len(np.unique(ranks[others, position])) == 5
+    # Fresh permutations at each call; a seed makes them reproducible.
+    again = keras.ops.convert_to_numpy(loss.permute(p))
+    assert (again != q).any()
+    twin = losses.PermutedPredictions(seed=1)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(twin.permute(p)), q
+    )
+
+
+def test_dkpp_loss_is_the_crossentropy_to_the_permuted_teacher():
+    rng = np.random.default_rng(1)
+    teacher = rng.normal(size=(8, 5)).astype("float32")
+    student = rng.normal(size=(8, 5)).astype("float32")
+    for temperature in (1.0, 3.0):
+        loss = losses.get("dkpp", temperature=temperature, seed=4)
+        twin = losses.PermutedPredictions(temperature, seed=4)
+        permuted = keras.ops.convert_to_numpy(
+            twin.permute(softmax(teacher / temperature))
+        )
+        expected = -(permuted * np.log(softmax(student / temperature))).sum(-1)
+        values = keras.ops.convert_to_numpy(loss.call(teacher, student))
+        np.testing.assert_allclose(values, expected, rtol=1e-5)
+    assert not loss.uses_labels
+    config = keras.saving.serialize_keras_object(loss)
+    restored = keras.saving.deserialize_keras_object(config)
+    assert isinstance(restored, losses.PermutedPredictions)
+    assert (restored.temperature, restored.seed) == (3.0, 4)
+
+
+def test_dkpp_with_a_single_unit_is_soft_targets():
+    teacher = np.array([[2.0], [-1.0]], "float32")
+    student = np.array([[0.5], [0.3]], "float32")
+    np.testing.assert_allclose(
+        losses.PermutedPredictions().call(teacher, student),
+        losses.SoftTargets().call(teacher, student), rtol=1e-6,
+    )
+
+
+def test_cwtm_weights_sum_as_specified():
+    rng = np.random.default_rng(2)
+    teacher = rng.normal(size=(16, 4)).astype("float32") * 2
+    student = rng.normal(size=(16, 4)).astype("float32")
+    y = rng.integers(0, 4, 16)
+    labels = np.eye(4, dtype="float32")[y]
+    loss = losses.get("cwtm")
+    assert loss.uses_labels
+    values = keras.ops.convert_to_numpy(loss.call(teacher, student, labels))
+    rows = np.arange(16)
+    confidence = softmax(teacher)[rows, y]
+    w = confidence / confidence.sum()
+    crossentropy = -np.log(softmax(student)[rows, y])
+    np.testing.assert_allclose(values, 16 * w * crossentropy, rtol=1e-5)
+    np.testing.assert_allclose((values / crossentropy).sum(), 16, rtol=1e-5)
+    np.testing.assert_allclose(values.mean(), (w * crossentropy).sum(),
+                               rtol=1e-5)
+    # Binary, single unit: labels are (batch, 1) 0/1 targets.
+    t, s = teacher[:, :1], student[:, :1]
+    b = (y % 2).astype("float32")[:, None]
+    values = keras.ops.convert_to_numpy(loss.call(t, s, b))
+    p_t = 1 / (1 + np.exp(-t[:, 0]))
+    confidence = np.where(b[:, 0] == 1, p_t, 1 - p_t)
+    p_s = 1 / (1 + np.exp(-s[:, 0]))
+    crossentropy = -np.log(np.where(b[:, 0] == 1, p_s, 1 - p_s))
+    np.testing.assert_allclose(
+        values, 16 * confidence / confidence.sum() * crossentropy, rtol=1e-5
+    )
+
+
+def test_cwtm_has_no_gradient_through_the_teacher():
+    teacher = tf.Variable(np.random.randn(4, 3).astype("float32"))
+    student = tf.Variable(np.random.randn(4, 3).astype("float32"))
+    labels = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    with tf.GradientTape() as tape:
+        value = tf.reduce_mean(
+            losses.ConfidenceWeighted().call(teacher, student, labels)
+        )
+    gradient_teacher, gradient_student = tape.gradient(
+        value, [teacher, student]
+    )
+    assert gradient_teacher is None
+    assert np.abs(gradient_student.numpy()).sum() > 0
+
+
+def test_ban_losses_are_registered():
+    assert losses.ALIASES["cwtm"] is losses.ConfidenceWeighted
+    assert losses.ALIASES["dkpp"] is losses.PermutedPredictions
+    assert {"ConfidenceWeighted", "PermutedPredictions"} <= set(losses.__all__)
+    with pytest.raises(ValueError, match="temperature"):
+        losses.get("cwtm", temperature=2.0)
+    with pytest.raises(ValueError, match="seed"):
+        losses.PermutedPredictions(seed="x")
