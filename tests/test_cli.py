@@ -141,3 +141,161 @@ def test_every_experiment_parses_and_validates(path, capsys):
     assert code == cli.EXIT_OK, err
     assert "configuration valid" in out
     assert "parameters" in out
+
+
+# Running ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """`kdtrain ban` on digits with tiny settings, run as a subprocess."""
+    cwd = tmp_path_factory.mktemp("cli")
+    process = kdtrain_process(["ban", *TINY, "--seed", "3"], cwd)
+    out, err = process.communicate(timeout=300)
+    return cwd / "runs" / "ban-digits-wrn-16-1", process.returncode, out, err
+
+
+def test_ban_prints_the_table_and_fills_its_directory(finished_run):
+    directory, code, out, err = finished_run
+    assert code == cli.EXIT_OK, err[-3000:]
+    header = next(line for line in out.splitlines() if line.startswith("| Metrics"))
+    assert header.split("|")[2:-1] == [
+        " Teacher ", " BAN-1 ", " BAN-2 ", " Ensemble ", " Ensemble + teacher "
+    ]
+    accuracy = next(line for line in out.splitlines() if line.startswith("| Accuracy"))
+    values = [float(cell) for cell in accuracy.split("|")[2:-1]]
+    assert len(values) == 5 and all(0.0 <= v <= 1.0 for v in values)
+    for generation in range(3):
+        assert (directory / f"gen-{generation}" / "model.keras").is_file()
+    results = json.loads((directory / "results.json").read_text())
+    assert results["complete"]
+    test_rows = [r for r in results["table"] if r["split"] == "test"]
+    assert [r["accuracy"] for r in test_rows] == pytest.approx(values, abs=1e-4)
+    assert (directory / "logs" / "gen-1" / "train").is_dir()
+    with open(directory / "config.toml", "rb") as file:
+        config = tomllib.load(file)
+    assert config["command"] == "ban" and config["train_size"] == 96
+
+
+def test_report_writes_markdown_and_png(finished_run, capsys):
+    directory, code, _, _ = finished_run
+    assert code == 0
+    assert cli.main(["report", str(directory)]) == cli.EXIT_OK
+    markdown = (directory / "report.md").read_text()
+    assert "| Metrics | Teacher | BAN-1 | BAN-2 | Ensemble |" in markdown
+    png = (directory / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_evaluate_prints_the_same_table(finished_run, capsys):
+    directory, code, out, _ = finished_run
+    assert code == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(directory)]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert [line for line in printed.splitlines() if line.startswith("| ")] == table
+
+
+def test_rerun_resumes_without_training(finished_run, capsys):
+    directory, code, _, _ = finished_run
+    assert code == 0
+    stamps = {p: p.stat().st_mtime_ns for p in directory.glob("gen-*/model.keras")}
+    argv = ["ban", *TINY, "--seed", "3", "--directory", str(directory),
+            "--no-tensorboard"]
+    assert cli.main(argv) == cli.EXIT_OK
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_directory_of_other_settings_is_refused(finished_run, capsys):
+    directory, code, _, _ = finished_run
+    assert code == 0
+    before = {p: p.read_bytes() for p in directory.rglob("*.json")}
+    config = (directory / "config.toml").read_text()
+    argv = ["ban", *TINY, "--seed", "3", "--epochs", "2",
+            "--directory", str(directory)]
+    code, _, err = run_main(argv, capsys)
+    assert code == cli.EXIT_USAGE
+    assert "epochs: 1 in the directory, 2 now" in err
+    assert (directory / "config.toml").read_text() == config
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_evaluate_and_report_need_a_run(tmp_path, capsys):
+    for command in ("evaluate", "report"):
+        code, _, err = run_main([command, str(tmp_path)], capsys)
+        assert code == cli.EXIT_USAGE
+        assert "no" in err.lower()
+
+
+def test_missing_dataset_files_exit_2_with_how_to_get_them(tmp_path, capsys):
+    argv = ["ban", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path),
+            "--directory", str(tmp_path / "run")]
+    code, _, err = run_main(argv, capsys)
+    assert code == cli.EXIT_USAGE
+    assert "dataset-fashion-mnist" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_distill_trains_a_teacher_of_another_architecture(tmp_path, capsys):
+    argv = ["distill", *[a for a in TINY if a not in ("--generations", "2")],
+            "--teacher-model", "wrn-10-2", "--model", "wrn-10-1",
+            "--directory", str(tmp_path / "run"), "--no-tensorboard"]
+    code, out, err = run_main(argv, capsys)
+    assert code == cli.EXIT_OK, err
+    assert "| Metrics | Teacher (wrn-10-2) | Student (wrn-10-1) |" in out
+    teacher = tmp_path / "run" / "gen-0" / "model.keras"
+    assert teacher.is_file()
+    # The student learns from that teacher file on the next run.
+    argv = ["distill", *[a for a in TINY if a not in ("--generations", "2")],
+            "--teacher", str(teacher), "--model", "wrn-10-1",
+            "--directory", str(tmp_path / "from-file"), "--no-tensorboard"]
+    code, out, err = run_main(argv, capsys)
+    assert code == cli.EXIT_OK, err
+    assert "| Metrics | Teacher (teacher) | Student (wrn-10-1) |" in out
+
+
+def test_ctrl_c_keeps_finished_generations_and_prints_the_resume_command(
+    tmp_path,
+):
+    args = ["ban", "--train-size", "96", "--test-size", "64", "--epochs", "40",
+            "--generations", "2", "--no-progress", "--no-tensorboard"]
+    process = kdtrain_process(args, tmp_path)
+    teacher = tmp_path / "runs" / "ban-digits-wrn-16-1" / "gen-0" / "model.keras"
+    try:
+        deadline = time.monotonic() + 240
+        while not teacher.exists() and time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert teacher.exists(), process.communicate(timeout=10)[1][-2000:]
+        time.sleep(2)  # inside generation 1 now
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == cli.EXIT_INTERRUPTED, err[-2000:]
+    assert "resume with: kdtrain ban --train-size 96" in err
+    assert teacher.exists()
+
+
+def test_a_failure_during_training_exits_1_with_the_resume_command(
+    tmp_path, monkeypatch, capsys
+):
+    from kdtrain import generations
+
+    def fail(self, *args, **kwargs):
+        raise generations.TrainingDiverged(
+            "Generation 2 (BAN-2) diverged: `loss` became nan", generation=2,
+            directory=self.directory,
+        )
+
+    monkeypatch.setattr(generations.GenerationRunner, "run", fail)
+    directory = tmp_path / "run"
+    code, _, err = run_main(
+        ["ban", *TINY, "--directory", str(directory)], capsys
+    )
+    assert code == cli.EXIT_FAILURE
+    assert "BAN-2" in err and "diverged" in err
+    assert f"kept in {directory}" in err
+    assert f"resume with: kdtrain ban --train-size 96" in err
