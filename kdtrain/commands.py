@@ -1,5 +1,6 @@
 """What the `kdtrain` subcommands do, once `kdtrain.cli` has parsed them."""
 
+import copy
 import io
 import json
 import os
@@ -22,10 +23,8 @@ from kdtrain.cli import UsageError
 from kdtrain.cli import OPTIONS
 from kdtrain.cli import options_for
 from kdtrain.cli import read_config
-from kdtrain.generations import ConfigurationMismatch
 from kdtrain.generations import GenerationRunner
 from kdtrain.generations import RESULTS_FILE
-from kdtrain.generations import TrainingDiverged
 from kdtrain.generations import default_split
 from kdtrain.generations import markdown_table
 
@@ -41,8 +40,7 @@ def run(command, settings, argv):
     resume = "kdtrain " + shlex.join(argv)
     try:
         return handlers[command](settings)
-    except (UsageError, ConfigurationMismatch,
-            data_module.DatasetNotFoundError) as error:
+    except (UsageError, data_module.DatasetNotFoundError) as error:
         _error(error)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -51,18 +49,28 @@ def run(command, settings, argv):
             f"{settings.get('directory')}; resume with: {resume}"
         )
         return EXIT_INTERRUPTED
-    except (TrainingDiverged, Exception) as error:  # noqa: BLE001
-        if isinstance(error, ValueError) and not isinstance(
-            error, TrainingDiverged
-        ):
-            _error(error)
-            return EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - any failure while training
         _error(
             f"training failed: {type(error).__name__}: {error}\n"
             f"Finished generations are kept in {settings.get('directory')}; "
             f"after fixing the cause, resume with: {resume}"
         )
         return EXIT_FAILURE
+
+
+class _TrainingStarted(keras.callbacks.Callback):
+    """Marks that a training step finished: later errors are failures.
+
+    Errors before the first step (bad options, data that cannot fit the
+    model, another run's directory) are bad input, exit code 2.
+    """
+
+    def __init__(self, flag):
+        super().__init__()
+        self.flag = flag
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.flag["started"] = True
 
 
 # Settings to library objects -----------------------------------------------
@@ -108,7 +116,28 @@ def model_builder(name, info, settings):
 
 
 def distillation_loss(settings):
+    if settings["loss"] == "none":
+        return None
     return losses_module.get(settings["loss"], temperature=settings["temperature"])
+
+
+def feature_losses(settings):
+    """The feature losses the settings ask for (attention transfer)."""
+    if not settings["attention_transfer"]:
+        return []
+    layers = []
+    for item in settings["attention_transfer"].split(","):
+        names = [name.strip() for name in item.split(":")]
+        if not all(names) or len(names) > 2:
+            raise UsageError(
+                "--attention-transfer takes comma-separated layer names, or "
+                "student:teacher pairs. Received: "
+                f"{settings['attention_transfer']!r}"
+            )
+        layers.append(names[0] if len(names) == 1 else tuple(names))
+    return [losses_module.AttentionTransfer(
+        layers, weight=settings["attention_weight"]
+    )]
 
 
 def optimizer_config(settings):
@@ -221,19 +250,31 @@ def _runner(settings, info, generations, build_teacher=None):
 
 def _train(settings, generations, build_teacher=None):
     """Loads the data, checks the directory, runs the chain."""
-    loaded = data_module.load(settings["dataset"], **data_options(settings))
-    if build_teacher is not None:
-        build_teacher = model_builder(build_teacher, loaded.info, settings)
-    runner = _runner(settings, loaded.info, generations, build_teacher)
-    _claim_directory(settings)
-    return runner.run(
-        loaded.train,
-        validation_data=loaded.validation,
-        test_data=loaded.test,
-        epochs=settings["epochs"],
-        teacher_epochs=settings["teacher_epochs"],
-        callbacks=callbacks(settings, loaded.validation is not None),
-    )
+    try:
+        loaded = data_module.load(settings["dataset"], **data_options(settings))
+        if build_teacher is not None:
+            build_teacher = model_builder(build_teacher, loaded.info, settings)
+        runner = _runner(settings, loaded.info, generations, build_teacher)
+        _claim_directory(settings)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    flag = {"started": False}
+    user_callbacks = callbacks(settings, loaded.validation is not None)
+    try:
+        return runner.run(
+            loaded.train,
+            validation_data=loaded.validation,
+            test_data=loaded.test,
+            epochs=settings["epochs"],
+            teacher_epochs=settings["teacher_epochs"],
+            callbacks=lambda generation: [
+                *copy.deepcopy(user_callbacks), _TrainingStarted(flag)
+            ],
+        )
+    except ValueError as error:
+        if flag["started"]:
+            raise
+        raise UsageError(str(error)) from error
 
 
 def _claim_directory(settings):
@@ -262,6 +303,7 @@ def _claim_directory(settings):
                 + "\nNothing was changed. Use another --directory, or "
                 "--overwrite to start afresh there."
             )
+        return
     write_config(settings, directory)
 
 
@@ -332,20 +374,11 @@ def evaluate(settings):
             f"{os.path.join(directory, CONFIG_FILE)}"
         )
     saved.update(progress=False, tensorboard=False, overwrite=False)
-    loaded = data_module.load(saved["dataset"], **data_options(saved))
-    build_teacher = None
+    teacher = None
     if saved["command"] == "distill" and not saved["teacher"]:
-        build_teacher = model_builder(saved["teacher_model"], loaded.info, saved)
-    generations = saved.get("generations", 1)
-    runner = _runner(saved, loaded.info, generations, build_teacher)
-    runner.verbose = 0
+        teacher = saved["teacher_model"]
     # Every generation is finished: the runner loads them and evaluates.
-    result = runner.run(
-        loaded.train, validation_data=loaded.validation,
-        test_data=loaded.test, epochs=saved["epochs"],
-        teacher_epochs=saved["teacher_epochs"],
-        callbacks=callbacks(saved, loaded.validation is not None),
-    )
+    result = _train(saved, saved.get("generations", 1), build_teacher=teacher)
     print(result.to_markdown(split="test"))
     return EXIT_OK
 

@@ -78,8 +78,9 @@ class DistillationLoss(keras.losses.Loss):
     passes the labels as a float distribution of the logits' shape: one-hot
     rows for integer or one-hot labels, the 0/1 target for a single unit.
 
-    Outside a `Distiller`, an instance is an ordinary Keras loss with
-    `y_true=teacher_logits` and `y_pred=student_logits`.
+    Outside a `Distiller`, an instance of a loss without labels is an
+    ordinary Keras loss with `y_true=teacher_logits` and
+    `y_pred=student_logits`.
 
     Args:
         name: Name of the loss instance.
@@ -306,10 +307,11 @@ class ConfidenceWeighted(DistillationLoss):
     """Confidence-Weighted by Teacher Max (CWTM), a Born-Again variant.
 
     The student learns the labels, not the teacher's distribution: each
-    sample's label crossentropy is weighted by the teacher's confidence in
-    the sample's true class, normalized over the batch,
+    sample's label crossentropy is weighted by the teacher's confidence, the
+    largest of its class probabilities, normalized over the batch
+    (Furlanello et al. 2018, eq. 4):
 
-    `w_s = p_teacher(y_s | x_s) / sum_u p_teacher(y_u | x_u)`,
+    `w_s = max_k p_teacher(k | x_s) / sum_u max_k p_teacher(k | x_u)`,
 
     and the batch loss is `sum_s w_s * CE(y_s, student_s)`. The per-sample
     value returned is `batch_size * w_s * CE_s`, so the `Distiller`'s mean
@@ -330,7 +332,7 @@ class ConfidenceWeighted(DistillationLoss):
     def call(self, teacher_logits, student_logits, labels):
         target = _label_distribution(labels)
         teacher = ops.exp(log_distribution(teacher_logits))
-        confidence = ops.stop_gradient(ops.sum(teacher * target, axis=-1))
+        confidence = ops.stop_gradient(ops.max(teacher, axis=-1))
         batch_size = ops.cast(ops.shape(confidence)[0], "float32")
         weights = ops.divide_no_nan(
             confidence * batch_size, ops.sum(confidence)
@@ -548,10 +550,12 @@ class AttentionTransfer(FeatureLoss):
 
     For each layer pair, the student's normalized spatial attention map (the
     channel mean of `|activation| ** p`, L2-normalized over the positions)
-    is matched to the teacher's: the loss of a sample is the mean squared
-    difference of the two maps over the positions, summed over the pairs.
-    The layers of a pair must have the same spatial size; their channel
-    counts may differ. The paper's weight is 1000 (β = 10³) with p = 2.
+    is matched to the teacher's: the loss of a sample is half the mean
+    squared difference of the two maps over the positions, summed over the
+    pairs, so `weight` is the paper's β (its code adds
+    `β / 2 · mean((a_s − a_t)²)` per pair, with β = 1000 and p = 2). The
+    layers of a pair must have the same spatial size; their channel counts
+    may differ.
 
     Args:
         layers: Layer names or `(student_layer, teacher_layer)` pairs; for
@@ -602,7 +606,7 @@ class AttentionTransfer(FeatureLoss):
         difference = attention_map(student_features, self.p) - attention_map(
             ops.stop_gradient(teacher_features), self.p
         )
-        return ops.mean(ops.square(difference), axis=-1)
+        return 0.5 * ops.mean(ops.square(difference), axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "p": self.p}

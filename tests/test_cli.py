@@ -299,3 +299,26 @@ def test_a_failure_during_training_exits_1_with_the_resume_command(
     assert "BAN-2" in err and "diverged" in err
     assert f"kept in {directory}" in err
     assert f"resume with: kdtrain ban --train-size 96" in err
+
+
+@pytest.mark.parametrize("after_a_step", [True, False])
+def test_value_errors_are_bad_input_only_before_training(
+    tmp_path, monkeypatch, capsys, after_a_step
+):
+    from kdtrain import generations
+
+    def fail(self, *args, callbacks=None, **kwargs):
+        if after_a_step:
+            for callback in callbacks(1):
+                callback.on_train_batch_end(0)
+        raise ValueError("something broke")
+
+    monkeypatch.setattr(generations.GenerationRunner, "run", fail)
+    code, _, err = run_main(
+        ["ban", *TINY, "--directory", str(tmp_path / "run")], capsys
+    )
+    assert "something broke" in err
+    if after_a_step:
+        assert code == cli.EXIT_FAILURE and "resume with" in err
+    else:
+        assert code == cli.EXIT_USAGE and "resume with" not in err

@@ -27,7 +27,8 @@ def test_attention_transfer_loss_matches_numpy():
     student = RNG.normal(size=(4, 8, 8, 16)).astype("float32")
     teacher = RNG.normal(size=(4, 8, 8, 32)).astype("float32")  # channels differ
     loss = losses.AttentionTransfer(["group_1"], p=2)
-    expected = ((np_attention(student) - np_attention(teacher)) ** 2).mean(-1)
+    # Half the mean squared map difference: `weight` is the paper's beta.
+    expected = 0.5 * ((np_attention(student) - np_attention(teacher)) ** 2).mean(-1)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(loss.call(teacher, student)), expected,
         rtol=1e-5,

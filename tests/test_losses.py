@@ -50,16 +50,22 @@ def test_kl_divergence_has_the_temperature_squared_factor(temperature):
 
 
 def test_kl_divergence_on_a_fixed_example_is_kl_times_t_squared():
-    # keras.distillation's LogitsDistillation(temperature=3) gives 0.881 on
-    # this kind of input: it applies neither softmax nor T². KL·T² differs.
+    # keras.distillation's LogitsDistillation(temperature=3) computes its
+    # "kl_divergence" on logits / T as if they were probabilities and drops
+    # T². The reference here is the softened KL times T²; the two faulty
+    # variants, computed alike, are far from it, so the test tells them apart.
     teacher = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], "float32")
     student = np.array([[1.0, 2.0, 0.5], [1.5, 0.5, 1.0]], "float32")
     p, q = np_softmax(teacher, 3.0), np_softmax(student, 3.0)
     expected = 9.0 * (p * np.log(p / q)).sum(axis=-1).mean()
     got = float(losses.KLDivergence(temperature=3.0)(teacher, student))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    # Neither the raw-logit KL nor a missing T² can pass for it.
-    assert abs(got - expected / 9.0) > 0.01
+    without_t_squared = expected / 9.0
+    raw_t = np.clip(teacher / 3.0, 1e-7, 1.0)
+    raw_s = np.clip(student / 3.0, 1e-7, 1.0)
+    without_softmax = (raw_t * np.log(raw_t / raw_s)).sum(axis=-1).mean()
+    assert abs(got - without_t_squared) > 0.1
+    assert abs(got - without_softmax) > 0.05
 
 
 def test_kl_divergence_is_zero_for_identical_logits():
