@@ -9,7 +9,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "data", "ensemble", "generations", "losses", "models", "outputs",
+    "cache", "data", "ensemble", "generations", "losses", "models", "outputs",
     "seed_api",
 )
 _NAMES = {
@@ -18,7 +18,9 @@ _NAMES = {
     "ConfigurationMismatch": "kdtrain.generations",
     "GenerationResult": "kdtrain.generations",
     "GenerationRunner": "kdtrain.generations",
+    "TeacherOutputCache": "kdtrain.cache",
     "TrainingDiverged": "kdtrain.generations",
+    "WorkerFailure": "kdtrain.generations",
     "BANEnsemble": "kdtrain.seed_api",
     "ban": "kdtrain.seed_api",
     "distil_knowledge": "kdtrain.seed_api",

@@ -1,12 +1,15 @@
 """The Distiller: a `keras.Model` that trains a student on a frozen teacher."""
 
+import contextlib
 import math
+import types
 
 import keras
 import tensorflow as tf
 from keras import ops
 
 from kdtrain import losses as losses_module
+from kdtrain.cache import unpack_inputs
 from kdtrain.outputs import output_units
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import to_logits
@@ -55,6 +58,131 @@ def _check_models(student, teacher):
             f"would change the teacher: {', '.join(shared[:5])}. Build the "
             "student from fresh layers."
         )
+
+
+def _distributed(variable):
+    return isinstance(
+        getattr(variable, "value", variable), tf.distribute.DistributedValues
+    )
+
+
+def check_strategy(strategy, student):
+    """Raises if `student` was not created in `strategy`'s scope.
+
+    Args:
+        strategy: The `tf.distribute.Strategy` to train under, or None for
+            whatever strategy is in scope.
+        student: The model to train.
+
+    Returns:
+        The strategy to use: `strategy`, the one in scope, or None.
+    """
+    if strategy is None and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    if strategy is None:
+        distributed = [v.path for v in student.weights if _distributed(v)]
+        if distributed:
+            raise ValueError(
+                f"The student {student.name!r} was created under a "
+                "distribution strategy, but the Distiller is not: create it "
+                "inside the same `strategy.scope()`, or pass `strategy=`."
+            )
+        return None
+    outside = [
+        v.path for v in student.weights
+        if not strategy.extended.variable_created_in_scope(
+            getattr(v, "value", v)
+        )
+    ]
+    if outside:
+        raise ValueError(
+            f"The student {student.name!r} was created outside the scope of "
+            f"the {type(strategy).__name__} it should train under (e.g. "
+            f"{', '.join(outside[:3])}), so its variables are not "
+            "distributed. Create the strategy first and build the models "
+            "inside `with strategy.scope():` (a GenerationRunner does this "
+            "itself when given `strategy=`)."
+        )
+    return strategy
+
+
+def is_multi_worker(strategy):
+    """Whether `strategy` trains over several worker processes."""
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.extended._in_multi_worker_mode()
+
+
+def _local(value, strategy):
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
+
+
+def _symbolic_build_locally(model, iterator=None, data_batch=None):
+    """Keras' `_maybe_symbolic_build`, reading the first local replica.
+
+    Keras 3 reduces the first batch across replicas with `strategy.reduce`,
+    which MultiWorkerMirroredStrategy refuses for a structure
+    (keras-team/keras#20585); one replica's batch has the shapes needed.
+    """
+    strategy = model.distribute_strategy
+    if iterator is not None:
+        for _, _, batches in iterator:
+            data_batch = keras.tree.map_structure(
+                lambda v: _local(v, strategy), next(batches)
+            )
+            break
+    with strategy.scope():
+        model._symbolic_build(data_batch=data_batch)
+
+
+def _reduce_logs(reduce):
+    """Keras' `reduce_per_replica`, with scalar logs for multi-worker means.
+
+    Keras 3 averages multi-worker logs with `strategy.reduce("MEAN", v,
+    axis=0)`, which fails on scalars (keras-team/keras#20585): the logs are
+    the metrics' results, the same on every replica, reduced with axis=None.
+    """
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and is_multi_worker(strategy):
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None)
+                if isinstance(v, tf.distribute.DistributedValues) else v,
+                values,
+            )
+        return reduce(values, strategy, reduction)
+
+    reduce_per_replica.kdtrain_patch = True
+    return reduce_per_replica
+
+
+def support_multi_worker(model):
+    """Lets `model.fit` / `evaluate` run under MultiWorkerMirroredStrategy.
+
+    Keras 3's TensorFlow trainer fails there (keras-team/keras#20585); this
+    works around its two failing reductions, for `model` and for the
+    process. Nothing changes for other strategies.
+
+    Args:
+        model: A `keras.Model` created under the strategy's scope.
+
+    Returns:
+        `model`.
+    """
+    if not is_multi_worker(model.distribute_strategy):
+        return model
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if not getattr(tf_trainer.reduce_per_replica, "kdtrain_patch", False):
+        tf_trainer.reduce_per_replica = _reduce_logs(
+            tf_trainer.reduce_per_replica
+        )
+    model._maybe_symbolic_build = types.MethodType(
+        _symbolic_build_locally, model
+    )
+    return model
 
 
 def _check_output_shapes(teacher_shape, student_shape):
@@ -125,8 +253,17 @@ class Distiller(keras.Model):
         teacher_outputs: `"auto"` (detect a final softmax or sigmoid),
             `"logits"` or `"probabilities"`.
         student_outputs: Same for the student.
+        strategy: Optional `tf.distribute.Strategy` to train under; by
+            default the one in scope. The student must have been created
+            inside its `scope()` (the teacher is only read and may live
+            anywhere).
         name: Name of the model.
         **kwargs: Passed to `keras.Model`.
+
+    Instead of running the teacher, a step can read the teacher's logits
+    from the batch, precomputed by a `kdtrain.cache.TeacherOutputCache`:
+    batches `({"inputs": x, "teacher_logits": logits}, y, sample_weight)`
+    as made by `TeacherOutputCache.dataset`.
 
     Attributes:
         student: The student; after `fit` it is a standalone trained model
@@ -155,10 +292,12 @@ class Distiller(keras.Model):
         teacher,
         teacher_outputs="auto",
         student_outputs="auto",
+        strategy=None,
         name="distiller",
         **kwargs,
     ):
         _check_models(student, teacher)
+        strategy = check_strategy(strategy, student)
         teacher_kind = resolve_output_kind(
             teacher, teacher_outputs, "teacher_outputs"
         )
@@ -168,16 +307,24 @@ class Distiller(keras.Model):
         _check_output_shapes(
             _static_output_shape(teacher), _static_output_shape(student)
         )
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            self._init(student, teacher, teacher_kind, student_kind, name,
+                       kwargs)
+        if strategy is not None:
+            self._distribute_strategy = strategy
+        self._output_kind_arguments = {
+            "teacher_outputs": teacher_outputs,
+            "student_outputs": student_outputs,
+        }
+
+    def _init(self, student, teacher, teacher_kind, student_kind, name,
+              kwargs):
         super().__init__(name=name, **kwargs)
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
         self.teacher_outputs = teacher_kind
         self.student_outputs = student_kind
-        self._output_kind_arguments = {
-            "teacher_outputs": teacher_outputs,
-            "student_outputs": student_outputs,
-        }
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
         )
@@ -236,7 +383,9 @@ class Distiller(keras.Model):
         )
         if metrics is not None:
             metrics = list(metrics)
-        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        with self.distribute_strategy.scope():
+            super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        support_multi_worker(self)
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -260,7 +409,7 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
+        return self.student(unpack_inputs(inputs)[0], training=training)
 
     # Outputs as logits --------------------------------------------------
 
@@ -404,7 +553,11 @@ class Distiller(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._check_labels(y)
-        teacher_logits = self.teacher_logits(x)
+        x, teacher_logits = unpack_inputs(x)
+        if teacher_logits is None:
+            teacher_logits = self.teacher_logits(x)
+        else:
+            teacher_logits = ops.cast(teacher_logits, "float32")
         with tf.GradientTape() as tape:
             student_outputs = self.student(x, training=True)
             loss = self.compute_distillation_loss(
@@ -429,6 +582,7 @@ class Distiller(keras.Model):
                 "Distiller.evaluate() measures the student against labels, "
                 "but the data carries none. Pass (x, y) data."
             )
+        x = unpack_inputs(x)[0]
         student_outputs = self.student(x, training=False)
         loss = weighted_mean(
             self._ground_truth_values(y, student_outputs), sample_weight

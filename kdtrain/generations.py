@@ -8,6 +8,7 @@ finished generation is saved as it ends and an interrupted chain resumes
 where it stopped.
 """
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -25,7 +26,12 @@ import tensorflow as tf
 from kdtrain import losses as losses_module
 from callbacks.progress import TqdmProgress
 from callbacks.tensorboard import GenerationTensorBoard
+from kdtrain import cache as cache_module
+from kdtrain.cache import TeacherOutputCache
+from kdtrain.cache import weights_fingerprint
 from kdtrain.distiller import Distiller
+from kdtrain.distiller import is_multi_worker
+from kdtrain.distiller import support_multi_worker
 from kdtrain.distiller import validate_ground_truth_weight
 from kdtrain.ensemble import GenerationEnsemble
 from kdtrain.outputs import resolve_output_kind
@@ -60,6 +66,31 @@ class TrainingDiverged(RuntimeError):
 
 class ConfigurationMismatch(ValueError):
     """A chain directory was made by a different configuration."""
+
+
+class WorkerFailure(RuntimeError):
+    """Multi-worker training lost a worker; the chain stopped.
+
+    Attributes:
+        generation: The generation that was training (0 is the teacher).
+        directory: Where the finished generations are saved, or None.
+    """
+
+    def __init__(self, message, generation=None, directory=None):
+        super().__init__(message)
+        self.generation = generation
+        self.directory = directory
+
+
+# What TensorFlow raises when a collective loses a peer.
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+    tf.errors.InternalError,
+)
+_CACHE_CHOICES = ("auto", True, False)
 
 
 # Names -----------------------------------------------------------------------
@@ -232,6 +263,31 @@ class _Data:
         x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
         return x, y
 
+    def augmented(self):
+        """Whether the samples may change from epoch to epoch (None: unknown).
+
+        Arrays never change (Keras does not augment them); a
+        `tf.data.Dataset` is augmented when its graph holds a random-number
+        op (`kdtrain.cache.is_randomized`); a `PyDataset` cannot be seen.
+        """
+        if self.kind == "arrays":
+            return False
+        if self.kind == "dataset":
+            return cache_module.is_randomized(self.data)
+        return None
+
+    def arrays(self):
+        """`(x, y, sample_weight, batch_size)` of one pass, in a fixed order."""
+        if self.kind == "arrays":
+            return self.x, self.y, self.sample_weight, self.batch_size or 32
+        return cache_module.materialize(self.data)
+
+    def shuffled(self, fit_kwargs):
+        """Whether training visits the samples in a new order every epoch."""
+        if self.kind == "arrays":
+            return bool(fit_kwargs.get("shuffle", True))
+        return cache_module.is_shuffled(self.data)
+
     def describe(self):
         """What identifies the split in a configuration (shapes, not data)."""
         if self.kind == "arrays":
@@ -336,16 +392,6 @@ def architecture_fingerprint(model):
     }
 
 
-def weights_fingerprint(model):
-    """SHA-256 of a model's weight values."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(
-            weight
-        )).tobytes())
-    return digest.hexdigest()
-
-
 def _output_shape(model, x):
     return tuple(int(d) for d in model(x, training=False).shape[1:])
 
@@ -371,6 +417,30 @@ def describe_differences(saved, current):
                 f"  {key}: {old[:200]} in the directory, {new[:200]} now"
             )
     return lines
+
+
+# Distribution --------------------------------------------------------------
+
+
+def worker_directory(directory, strategy=None):
+    """Where this process writes a chain: non-chief workers get their own.
+
+    Args:
+        directory: The chain's directory, or None.
+        strategy: The `tf.distribute.Strategy` of the run, or None.
+
+    Returns:
+        `directory` for a single process or the chief of a multi-worker run,
+        else `directory/worker-K` (K: the task index).
+    """
+    if directory is None:
+        return None
+    directory = os.fspath(directory)
+    if not is_multi_worker(strategy) or strategy.extended.should_checkpoint:
+        return directory
+    return os.path.join(
+        directory, f"worker-{strategy.cluster_resolver.task_id}"
+    )
 
 
 # Callbacks used by the runner --------------------------------------------------
@@ -710,6 +780,22 @@ class GenerationRunner:
             architecture to train as generation 0 (on the labels) instead of
             a `build_model()` model: one teacher distilled into students of
             a different architecture.
+        cache_teacher: Whether each student trains from its teacher's
+            outputs computed once (`kdtrain.cache.TeacherOutputCache`,
+            float16, joined to the samples by index) instead of running the
+            teacher on every batch. `"auto"` caches when the training data
+            cannot change between epochs: arrays, or a `tf.data.Dataset`
+            without random ops (`kdtrain.cache.is_randomized`). `True`
+            forces it and refuses augmented data: the teacher must see the
+            student's augmented batch. A dataset is read once into memory
+            to fix the order of its samples. With a `directory` the outputs
+            are also saved in `gen-K/` until the generation ends (memory
+            mapped when large), so a resumed generation reuses them.
+        strategy: Optional `tf.distribute.Strategy`. Every model is built,
+            trained and evaluated inside its `scope()`; a given `teacher`
+            is only read and may come from outside. Under a multi-worker
+            strategy, only the chief writes `directory`; the other workers
+            write their copies into `directory/worker-K`.
 
     Example:
 
@@ -746,6 +832,8 @@ class GenerationRunner:
         teacher_outputs="auto",
         student_outputs="auto",
         build_teacher=None,
+        cache_teacher="auto",
+        strategy=None,
     ):
         if not callable(build_model) or isinstance(build_model, keras.Model):
             raise ValueError(
@@ -794,6 +882,20 @@ class GenerationRunner:
             isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
         ):
             raise ValueError(f"`seed` must be an integer or None. Received: {seed!r}")
+        if not any(cache_teacher is c for c in _CACHE_CHOICES) and (
+            cache_teacher != "auto"
+        ):
+            raise ValueError(
+                "`cache_teacher` must be 'auto', True or False. "
+                f"Received: cache_teacher={cache_teacher!r}"
+            )
+        if strategy is not None and not isinstance(
+            strategy, tf.distribute.Strategy
+        ):
+            raise ValueError(
+                "`strategy` must be a tf.distribute.Strategy or None. "
+                f"Received: strategy={strategy!r}"
+            )
         for value in (tensorboard, progress):
             if value not in ("auto", True, False) and not isinstance(
                 value, (GenerationTensorBoard, TqdmProgress)
@@ -813,7 +915,9 @@ class GenerationRunner:
         self.optimizer = optimizer
         self._make_optimizer()  # Fails early on a bad optimizer.
         self.metrics = list(metrics or ())
-        self.directory = None if directory is None else os.fspath(directory)
+        self.strategy = strategy
+        self.cache_teacher = cache_teacher
+        self.directory = worker_directory(directory, strategy)
         self.teach_from = teach_from
         self.seed = None if seed is None else int(seed)
         self.overwrite = bool(overwrite)
@@ -827,6 +931,7 @@ class GenerationRunner:
             student_outputs, "student_outputs"
         )
         self._built_models = []
+        self._caches = {}
 
     # Pieces -----------------------------------------------------------------
 
@@ -920,6 +1025,7 @@ class GenerationRunner:
         return models[generation - 1]
 
     def _compile_for_labels(self, model, kind, optimizer=None):
+        support_multi_worker(model)
         model.compile(
             optimizer=optimizer or self._make_optimizer(),
             loss=_crossentropy(self._label_format, kind == "logits"),
@@ -1055,6 +1161,7 @@ class GenerationRunner:
             return {}
         if not isinstance(model, GenerationEnsemble):
             model = GenerationEnsemble([model], outputs=[kind], name="single")
+        support_multi_worker(model)
         model.compile(
             loss=_crossentropy(self._label_format, from_logits=False),
             metrics=_fresh_metrics(self.metrics),
@@ -1121,22 +1228,120 @@ class GenerationRunner:
                 callbacks=internal + monitors + callbacks,
                 **arguments,
             )
-        except BaseException:
+        except BaseException as error:
             for monitor in monitors:
                 try:
                     monitor.on_train_end({})
                 except Exception:  # noqa: BLE001 - cleanup only
                     pass
-            if isinstance(sys.exc_info()[1], TrainingDiverged):
+            failure = error
+            if isinstance(error, _PEER_ERRORS) and is_multi_worker(
+                self.strategy or tf.distribute.get_strategy()
+            ):
+                failure = self._worker_failure(generation, error)
+            if isinstance(failure, (TrainingDiverged, WorkerFailure)):
                 self._records[name] = {
-                    "status": "diverged", "message": str(sys.exc_info()[1])
+                    "status": "diverged"
+                    if isinstance(failure, TrainingDiverged) else "failed",
+                    "message": str(failure),
                 }
                 self._write_results()
+            if failure is not error:
+                raise failure from error
             raise
         history = keras.callbacks.History()
         history.history = record.history()
         history.epoch = [entry["epoch"] for entry in record.entries]
         return history, record.elapsed()
+
+    def _worker_failure(self, generation, error):
+        lines = [
+            line.strip() for line in str(error).splitlines()
+            if line.strip() and not line.strip().endswith(":")
+            and not line.strip().startswith(("File ", "Detected at", "[["))
+        ]
+        detail = lines[-1][:300] if lines else "no detail"
+        saved = (
+            f" Finished generations are saved in {self.directory!r} "
+            "(gen-K/model.keras); starting every worker again resumes "
+            f"{model_name(generation)} from its last finished epoch."
+            if self.directory else ""
+        )
+        return WorkerFailure(
+            f"Generation {generation} ({model_label(generation)}) stopped: "
+            "multi-worker training lost contact with another worker "
+            f"({type(error).__name__}: {detail}).{saved}",
+            generation=generation,
+            directory=self.directory,
+        )
+
+    # The teacher-output cache --------------------------------------------------
+
+    def _cache_plan(self, train, fit_kwargs):
+        """Whether students train from cached teacher outputs (None: no)."""
+        if self.cache_teacher is False:
+            return None
+        augmented = train.augmented()
+        if self.cache_teacher == "auto":
+            if augmented is not False:
+                return None
+        elif augmented:
+            raise ValueError(
+                "cache_teacher=True, but the training data are randomly "
+                "augmented (the tf.data pipeline draws random numbers), so "
+                "each epoch shows the models different images. The teacher "
+                "must see the same augmented batch as the student (Beyer et "
+                "al. 2021), so its outputs cannot be computed once. Pass "
+                "cache_teacher='auto' or False, or data without augmentation."
+            )
+        elif augmented is None:
+            raise ValueError(
+                "cache_teacher=True needs `train_data` as (x, y) arrays or a "
+                "tf.data.Dataset, whose samples can be indexed; received a "
+                f"{type(train.data).__name__}."
+            )
+        return {"data": train, "shuffle": train.shuffled(fit_kwargs),
+                "arrays": None}
+
+    def _cached_train_data(self, generation, teacher):
+        """The training split joined to `teacher`'s cached outputs."""
+        plan = self._cached_train
+        if plan["arrays"] is None:
+            plan["arrays"] = plan["data"].arrays()
+        x, y, sample_weight, batch_size = plan["arrays"]
+        cache = self._teacher_cache(generation, teacher, x)
+        dataset = cache.dataset(
+            x, y, sample_weight, batch_size=batch_size,
+            shuffle=plan["shuffle"],
+        )
+        return _Data(dataset, None, "train_data")
+
+    def _teacher_cache(self, generation, teacher, x):
+        fingerprint = weights_fingerprint(teacher)
+        cache = self._caches.get(fingerprint)
+        directory = (
+            self._path(f"gen-{generation}") if self.directory else None
+        )
+        samples = cache_module.num_samples(x)
+        if cache is None and directory and TeacherOutputCache.exists(
+            directory
+        ):
+            cache = TeacherOutputCache.load(
+                directory, teacher=teacher, samples=samples
+            )
+        if cache is None:
+            self._say(f"Caching the outputs of {teacher.name}")
+            cache = TeacherOutputCache.compute(
+                teacher, x, teacher_outputs=self._teacher_kind(generation)
+            )
+        if directory and not TeacherOutputCache.exists(directory):
+            cache.save(directory)
+            if cache.nbytes > cache_module.MEMORY_MAP_BYTES:
+                cache = TeacherOutputCache.load(directory, memory_map=True)
+        self._caches = {fingerprint: cache}
+        return cache
+
+    # Training -------------------------------------------------------------------
 
     def _train_generation(self, generation, train, validation, epochs,
                           callbacks, fit_kwargs, sample_x):
@@ -1159,7 +1364,10 @@ class GenerationRunner:
                 teacher,
                 teacher_outputs=self._teacher_kind(generation),
                 student_outputs=kind,
+                strategy=self.strategy,
             )
+            if self._cached_train is not None:
+                train = self._cached_train_data(generation, teacher)
             trainer.compile(
                 optimizer=optimizer,
                 distillation_loss=self.distillation_loss,
@@ -1244,7 +1452,20 @@ class GenerationRunner:
             ValueError: On bad input, before anything is trained.
             ConfigurationMismatch: When `directory` holds another chain.
             TrainingDiverged: When a generation's loss becomes NaN.
+            WorkerFailure: When a multi-worker run loses a worker.
         """
+        scope = self.strategy.scope() if self.strategy else (
+            contextlib.nullcontext()
+        )
+        with scope:
+            return self._run(
+                train_data, validation_data, test_data, epochs,
+                teacher_epochs, callbacks, batch_size, evaluate, **fit_kwargs
+            )
+
+    def _run(self, train_data, validation_data, test_data, epochs,
+             teacher_epochs, callbacks, batch_size, evaluate, **fit_kwargs):
+        """`run`, inside the strategy's scope."""
         for key in _RESERVED_FIT_ARGUMENTS:
             if key in fit_kwargs:
                 raise ValueError(
@@ -1267,6 +1488,7 @@ class GenerationRunner:
         if test_data is not None:
             splits["test"] = _Data(test_data, batch_size, "test_data")
         self._check_labels(splits)
+        self._cached_train = self._cache_plan(train, fit_kwargs)
         sample_x, sample_y = train.first_batch()
 
         # A throwaway model checks build_model and fingerprints it.
@@ -1379,6 +1601,9 @@ class GenerationRunner:
                     shutil.rmtree(
                         self._path(f"gen-{generation}", BACKUP_DIR),
                         ignore_errors=True,
+                    )
+                    TeacherOutputCache.delete(
+                        self._path(f"gen-{generation}")
                     )
                 if self._progress is not None:
                     self._progress.end_generation(

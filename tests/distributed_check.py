@@ -1,12 +1,26 @@
 """Trains the same distiller on one device and under a strategy; prints JSON.
 
-Run as a script (a fresh process), because logical devices must be set up
-before TensorFlow starts: `python distributed_check.py mirrored`.
+Run as a script (a fresh process), because logical devices and a
+`MultiWorkerMirroredStrategy` must be set up before TensorFlow starts:
+
+    python distributed_check.py mirrored        # two logical CPUs
+    python distributed_check.py mirrored_cache  # cache + GenerationRunner
+    python distributed_check.py multi_worker    # two worker processes
+
+`multi_worker` trains a distiller and a chain on two workers; worker 1 kills
+itself early in generation 2, so the chain must fail on worker 0 with a clear
+error and keep generations 0 and 1 on disk. It starts the workers on 127.0.0.1 (`TF_CONFIG`, free
+ports), wait at most `TIMEOUT` seconds and always kill them at the end.
 """
 
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -14,6 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 REPLICAS = 2
+TIMEOUT = 150
 
 
 def split_cpu(count):
@@ -53,14 +68,14 @@ def models():
     return dense_net(16, "softmax"), dense_net(12, None)
 
 
-def train():
+def train(cached=False, strategy=None):
     import keras
 
     import kdtrain
 
     teacher, student = models()
     initial = [w.tolist() for w in student.get_weights()]
-    distiller = kdtrain.Distiller(student, teacher)
+    distiller = kdtrain.Distiller(student, teacher, strategy=strategy)
     distiller.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.1),
         distillation_loss=kdtrain.losses.KLDivergence(2.0),
@@ -68,7 +83,11 @@ def train():
         metrics=["accuracy"],
     )
     x, y, weights = data()
-    dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(16)
+    if cached:
+        cache = kdtrain.TeacherOutputCache.compute(teacher, x)
+        dataset = cache.dataset(x, y, weights, batch_size=16, shuffle=False)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(16)
     history = distiller.fit(dataset, epochs=3, verbose=0)
     return {
         "history": history.history,
@@ -76,7 +95,206 @@ def train():
     }, initial
 
 
+def build_model():
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(12, activation="relu"),
+            keras.layers.Dense(4),
+        ]
+    )
+
+
+def run_chain(strategy=None, directory=None, callbacks=None):
+    """A 2-generation chain; returns each generation's history and weights."""
+    import kdtrain
+
+    x, y, _ = data()
+    runner = kdtrain.GenerationRunner(
+        build_model, generations=2, seed=0, verbose=0, directory=directory,
+        optimizer={"class_name": "SGD", "config": {"learning_rate": 0.1}},
+        ground_truth_weight=0.3, strategy=strategy, progress=False,
+        tensorboard=False,
+    )
+    result = runner.run((x, y), epochs=2, batch_size=16, shuffle=False,
+                        callbacks=callbacks)
+    return {
+        "cached": runner._cached_train is not None,
+        "history": {k: v.history for k, v in result.histories.items()},
+        "weights": {
+            name: [w.tolist() for w in model.get_weights()]
+            for name, model in zip(result.names, result.models)
+        },
+    }
+
+
+def strategy_after_models_error():
+    """The message a Distiller gives a student built before the strategy."""
+    import kdtrain
+
+    teacher, student = models()
+    strategy = tf.distribute.MirroredStrategy(
+        [f"/cpu:{i}" for i in range(REPLICAS)]
+    )
+    try:
+        kdtrain.Distiller(student, teacher, strategy=strategy)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start_workers(role, directory):
+    """Starts the worker processes; returns them with their log files."""
+    ports = free_ports(REPLICAS)
+    workers = []
+    for index in range(REPLICAS):
+        config = {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        log = open(os.path.join(directory, f"worker-{index}.log"), "w+")
+        process = subprocess.Popen(
+            [sys.executable, __file__, role, directory],
+            env={**os.environ, "TF_CONFIG": json.dumps(config)},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        workers.append((process, log))
+    return workers
+
+
+def wait_for(workers, timeout):
+    """Waits for the workers (at most `timeout` s in all); returns their codes."""
+    deadline = time.monotonic() + timeout
+    codes = []
+    for process, _ in workers:
+        try:
+            codes.append(process.wait(max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+    return codes
+
+
+def stop(workers):
+    for process, log in workers:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def read_log(workers, index):
+    log = workers[index][1]
+    log.seek(0)
+    return log.read()
+
+
+class _DieInGeneration2:
+    """A callback factory: worker 1 kills itself early in generation 2."""
+
+    def __call__(self, generation):
+        import keras
+
+        index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+        if generation != 2 or index != 1:
+            return []
+
+        class Die(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                if batch == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        return [Die()]
+
+
+def worker(directory):
+    """One worker: a distiller, then a chain that loses worker 1."""
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=10
+        )
+    )
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    with strategy.scope():
+        distributed, _ = train()
+    with open(os.path.join(directory, f"result-{index}.json"), "w") as f:
+        json.dump({"replicas": strategy.num_replicas_in_sync,
+                   "distributed": distributed}, f)
+    run_chain(strategy, os.path.join(directory, "chain"),
+              callbacks=_DieInGeneration2())
+
+
+def multi_worker():
+    import keras
+
+    with tempfile.TemporaryDirectory() as directory:
+        workers = start_workers("worker", directory)
+        try:
+            codes = wait_for(workers, TIMEOUT)
+            log = read_log(workers, 0)
+        finally:
+            stop(workers)
+        with open(os.path.join(directory, "result-0.json")) as f:
+            report = json.load(f)
+        chain = os.path.join(directory, "chain")
+        with open(os.path.join(chain, "results.json")) as f:
+            records = json.load(f)["generations"]
+        report["chain"] = {
+            "files": sorted(
+                os.path.relpath(os.path.join(root, name), chain)
+                for root, _, names in os.walk(chain) for name in names
+            ),
+            "records": records,
+            "weights": {
+                name: [w.tolist() for w in keras.saving.load_model(
+                    os.path.join(chain, name, "model.keras")
+                ).get_weights()]
+                for name in ("gen-0", "gen-1")
+            },
+        }
+    single, initial = train()
+    report.update(codes=codes, log=log[-3000:], single=single,
+                  initial=initial, single_chain=run_chain())
+    return report
+
+
+def mirrored_cache():
+    split_cpu(REPLICAS)
+    single, _ = train(cached=True)
+    strategy = tf.distribute.MirroredStrategy(
+        [f"/cpu:{i}" for i in range(REPLICAS)]
+    )
+    with strategy.scope():
+        distributed, _ = train(cached=True)
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "single": single,
+        "distributed": distributed,
+        "single_chain": run_chain(),
+        "chain": run_chain(strategy),
+        "strategy_after_models": strategy_after_models_error(),
+    }
+
+
 def main(mode):
+    if mode == "worker":
+        return worker(sys.argv[2])
+    if mode in ("multi_worker", "mirrored_cache"):
+        report = globals()[mode]()
+        print(json.dumps(report))
+        return None
     if mode != "mirrored":
         raise SystemExit(f"unknown mode {mode!r}")
     split_cpu(REPLICAS)

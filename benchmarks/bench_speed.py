@@ -1,0 +1,182 @@
+"""Benchmark: what the teacher-output cache, the Distiller and XLA cost.
+
+One process, interleaved repeats, medians (see timing.py), on a WRN-16-1
+teacher and student and Fashion-MNIST (digits where it is absent):
+
+- cached distillation epoch / plain `student.fit` epoch (target <= 1.05);
+- online distillation epoch / (plain epoch + teacher inference over the
+  same data) (target <= 1.05);
+- kdtrain online / `keras.distillation.Distiller` (target <= 1.0);
+- kdtrain `evaluate` / plain student `evaluate` (target <= 1.05);
+- XLA (`jit_compile=True`) against the default, for the plain student and
+  the online distiller;
+- a 3-generation chain with and without the cache: wall time and peak
+  memory (each in a fresh process, run once).
+
+    python benchmarks/bench_speed.py            # about 10 minutes on 2 cores
+    python benchmarks/bench_speed.py --quick    # 512 samples
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from bench_distiller import load  # noqa: E402
+from keras import distillation as keras_distillation  # noqa: E402
+
+import kdtrain  # noqa: E402
+from kdtrain import models  # noqa: E402
+from kdtrain.cache import TeacherOutputCache  # noqa: E402
+from kdtrain.cache import materialize  # noqa: E402
+from timing import interleaved  # noqa: E402
+from timing import print_report  # noqa: E402
+from timing import ratio_rows  # noqa: E402
+
+CROSSENTROPY = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def builder(model, info):
+    def build(seed=None):
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        return models.build(model, num_classes=info.num_classes,
+                            input_shape=info.input_shape)
+    return build
+
+
+def distiller(build, teacher, **compile_kwargs):
+    model = kdtrain.Distiller(build(1), teacher)
+    model.compile(optimizer="adam",
+                  distillation_loss=kdtrain.losses.KLDivergence(4.0),
+                  ground_truth_weight=0.5, metrics=["accuracy"],
+                  **compile_kwargs)
+    return model
+
+
+def plain(build, **compile_kwargs):
+    model = build(1)
+    model.compile(optimizer="adam", loss=CROSSENTROPY, metrics=["accuracy"],
+                  **compile_kwargs)
+    return model
+
+
+def chain(args, cached):
+    """One 3-generation chain in this process: prints wall time and peak RSS."""
+    name, loaded = load(args.samples, args.batch_size)
+    runner = kdtrain.GenerationRunner(
+        builder(args.model, loaded.info), generations=3, seed=0, verbose=0,
+        cache_teacher=cached, progress=False, tensorboard=False,
+    )
+    start = time.perf_counter()
+    runner.run(loaded.train, epochs=1, evaluate=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall": time.perf_counter() - start, "peak_mb": peak}))
+
+
+def chains(args):
+    rows = {}
+    for cached in (True, False):
+        output = subprocess.run(
+            [sys.executable, __file__, "--chain", str(cached),
+             "--samples", str(args.samples), "--model", args.model,
+             "--batch-size", str(args.batch_size)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        rows[cached] = json.loads(output.strip().splitlines()[-1])
+    print("\n| 3-generation chain (1 epoch each) | wall s | peak RSS MB |")
+    print("|---|---:|---:|")
+    for cached, label in ((True, "with the cache"), (False, "online teacher")):
+        print(f"| {label} | {rows[cached]['wall']:.1f} | "
+              f"{rows[cached]['peak_mb']:.0f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="wrn-16-1")
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--chain", choices=("True", "False"))
+    args = parser.parse_args()
+    if args.quick:
+        args.samples = 512
+    if args.chain:
+        return chain(args, args.chain == "True")
+    dataset, loaded = load(args.samples, args.batch_size)
+    info = loaded.info
+    x, y, _, _ = materialize(loaded.train)
+    test = loaded.test.cache()
+    train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).batch(
+        args.batch_size).prefetch(tf.data.AUTOTUNE)
+    build = builder(args.model, info)
+    teacher = build(0)
+    teacher.compile(optimizer="adam", loss=CROSSENTROPY)
+    teacher.fit(train, epochs=1, verbose=0)
+    cache = TeacherOutputCache.compute(teacher, x)
+    cached_train = cache.dataset(x, y, batch_size=args.batch_size)
+
+    student, student_xla = plain(build), plain(build, jit_compile=True)
+    online, online_xla = distiller(build, teacher), distiller(
+        build, teacher, jit_compile=True)
+    cached = distiller(build, teacher)
+    theirs = keras_distillation.Distiller(
+        teacher=teacher, student=build(1),
+        distillation_losses=keras_distillation.LogitsDistillation(4.0),
+        student_loss_weight=0.5,
+    )
+    theirs.compile(optimizer="adam", loss=CROSSENTROPY, metrics=["accuracy"])
+    cases = {
+        "plain student fit": lambda: student.fit(train, verbose=0),
+        "plain student fit, XLA": lambda: student_xla.fit(train, verbose=0),
+        "cached distillation fit": lambda: cached.fit(cached_train, verbose=0),
+        "online distillation fit": lambda: online.fit(train, verbose=0),
+        "online distillation fit, XLA": lambda: online_xla.fit(
+            train, verbose=0),
+        "keras.distillation fit": lambda: theirs.fit(train, verbose=0),
+        "teacher inference": lambda: teacher.predict(
+            x, batch_size=args.batch_size, verbose=0),
+        "plain student evaluate": lambda: student.evaluate(test, verbose=0),
+        "kdtrain evaluate": lambda: online.evaluate(test, verbose=0),
+    }
+    results = interleaved(cases, repeats=args.repeats)
+    rows = ratio_rows(results, [
+        ("cached distillation / plain student fit",
+         "cached distillation fit", "plain student fit", 1.05),
+        ("online distillation / (plain fit + teacher inference)",
+         "online distillation fit",
+         ["plain student fit", "teacher inference"], 1.05),
+        ("kdtrain online / keras.distillation", "online distillation fit",
+         "keras.distillation fit", 1.0),
+        ("kdtrain evaluate / plain evaluate", "kdtrain evaluate",
+         "plain student evaluate", 1.05),
+        ("XLA / default: plain student fit", "plain student fit, XLA",
+         "plain student fit", None),
+        ("XLA / default: online distillation fit",
+         "online distillation fit, XLA", "online distillation fit", None),
+    ])
+    print_report(
+        results, rows,
+        f"{args.model} on {dataset}: {len(x)} training and "
+        f"{info.num_test} test images, batch {args.batch_size}, "
+        f"{args.repeats} interleaved repeats (medians), "
+        f"{os.cpu_count()} CPU cores",
+    )
+    chains(args)
+    return None
+
+
+if __name__ == "__main__":
+    main()
