@@ -9,8 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "cache", "data", "ensemble", "generations", "losses", "models", "outputs",
-    "seed_api",
+    "cache", "data", "distribute", "ensemble", "features", "generations",
+    "losses", "models", "outputs", "seed_api",
 )
 _NAMES = {
     "Distiller": "kdtrain.distiller",

@@ -100,13 +100,21 @@ def _options():
         Option("epochs", int, 10, "epochs per generation", train, minimum=1),
         Option("teacher_epochs", int, None, "epochs of the teacher (default: "
                "--epochs)", train, minimum=1, optional=True),
-        Option("loss", str, "soft_targets", "distillation loss", train,
-               choices=("soft_targets", "kl", "logits_mse", "cwtm", "dkpp")),
+        Option("loss", str, "soft_targets", "distillation loss on the "
+               "outputs (none: only feature losses and the labels)", train,
+               choices=("soft_targets", "kl", "logits_mse", "cwtm", "dkpp",
+                        "none")),
         Option("temperature", float, None, "softening temperature of the "
                "loss (default: the loss's own)", train, minimum=0.0,
                exclusive_minimum=True, optional=True),
         Option("ground_truth_weight", float, 0.0, "w in (1-w)*distillation "
                "+ w*crossentropy", train, minimum=0.0, maximum=1.0),
+        Option("attention_transfer", str, None, "comma-separated layers "
+               "whose attention maps the student matches (e.g. "
+               "group_1,group_2,group_3; student:teacher for different "
+               "names)", train, optional=True),
+        Option("attention_weight", float, 1000.0, "weight of the attention "
+               "transfer loss", train, minimum=0.0, exclusive_minimum=True),
         Option("teach_from", str, "previous", "who teaches each generation",
                ("ban",), choices=("previous", "teacher")),
         Option("optimizer", str, "adam", "Keras optimizer name", train),
@@ -117,6 +125,14 @@ def _options():
                "this many epochs without improvement of the validation loss, "
                "restoring its best weights", train, minimum=1, optional=True),
         Option("seed", int, 0, "random seed", train, minimum=0),
+        Option("cache_teacher", str, "auto", "compute each teacher's outputs "
+               "once per generation instead of on every batch (auto: when "
+               "the training data are not augmented)", train,
+               choices=("auto", "on", "off")),
+        Option("distribute", str, "none", "tf.distribute strategy: mirrored "
+               "(the GPUs of one machine) or multi_worker (a cluster "
+               "described by TF_CONFIG)", train,
+               choices=("none", "mirrored", "multi_worker")),
         # Output
         Option("directory", str, None, "where checkpoints, logs and results "
                "go (default: runs/<command>-<dataset>-<model>)", train,
@@ -321,9 +337,16 @@ def _check_combinations(command, settings):
             "--dataset image_folder needs --data-dir: the folder of class "
             "sub-folders (or of train/ and test/ folders)."
         )
-    if settings["loss"] == "logits_mse" and settings["temperature"] is not None:
+    if settings["loss"] in ("logits_mse", "none") and (
+        settings["temperature"] is not None
+    ):
         raise UsageError(
-            "--loss logits_mse has no temperature; drop --temperature."
+            f"--loss {settings['loss']} has no temperature; drop --temperature."
+        )
+    if settings["loss"] == "none" and not settings["attention_transfer"]:
+        raise UsageError(
+            "--loss none switches the output distillation off; it needs a "
+            "feature loss such as --attention-transfer group_1,group_2."
         )
     if settings["directory"] is None:
         settings["directory"] = os.path.join(

@@ -38,6 +38,10 @@ def run(command, settings, argv):
     handlers = {"ban": ban, "distill": distill, "evaluate": evaluate,
                 "report": report}
     resume = "kdtrain " + shlex.join(argv)
+    if settings.get("distribute") == "multi_worker" and not settings.get(
+        "dry_run"
+    ):
+        strategy(settings)  # before any other TensorFlow work, as it must
     try:
         return handlers[command](settings)
     except (UsageError, data_module.DatasetNotFoundError) as error:
@@ -245,7 +249,30 @@ def _runner(settings, info, generations, build_teacher=None):
         overwrite=settings["overwrite"],
         tensorboard=settings["tensorboard"],
         progress=settings["progress"],
+        cache_teacher={"auto": "auto", "on": True, "off": False}[
+            settings["cache_teacher"]
+        ],
+        strategy=strategy(settings),
+        feature_losses=feature_losses(settings),
     )
+
+
+def strategy(settings):
+    """The tf.distribute strategy `--distribute` names, created once."""
+    name = settings["distribute"]
+    if name == "none":
+        return None
+    if name not in _STRATEGIES:
+        import tensorflow as tf
+
+        _STRATEGIES[name] = (
+            tf.distribute.MirroredStrategy() if name == "mirrored"
+            else tf.distribute.MultiWorkerMirroredStrategy()
+        )
+    return _STRATEGIES[name]
+
+
+_STRATEGIES = {}
 
 
 def _train(settings, generations, build_teacher=None):

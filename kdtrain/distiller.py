@@ -2,7 +2,6 @@
 
 import contextlib
 import math
-import types
 
 import keras
 import tensorflow as tf
@@ -10,6 +9,9 @@ from keras import ops
 
 from kdtrain import losses as losses_module
 from kdtrain.cache import unpack_inputs
+from kdtrain.distribute import check_strategy
+from kdtrain.distribute import support_multi_worker
+from kdtrain.features import feature_model
 from kdtrain.outputs import output_units
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import to_logits
@@ -58,131 +60,6 @@ def _check_models(student, teacher):
             f"would change the teacher: {', '.join(shared[:5])}. Build the "
             "student from fresh layers."
         )
-
-
-def _distributed(variable):
-    return isinstance(
-        getattr(variable, "value", variable), tf.distribute.DistributedValues
-    )
-
-
-def check_strategy(strategy, student):
-    """Raises if `student` was not created in `strategy`'s scope.
-
-    Args:
-        strategy: The `tf.distribute.Strategy` to train under, or None for
-            whatever strategy is in scope.
-        student: The model to train.
-
-    Returns:
-        The strategy to use: `strategy`, the one in scope, or None.
-    """
-    if strategy is None and tf.distribute.has_strategy():
-        strategy = tf.distribute.get_strategy()
-    if strategy is None:
-        distributed = [v.path for v in student.weights if _distributed(v)]
-        if distributed:
-            raise ValueError(
-                f"The student {student.name!r} was created under a "
-                "distribution strategy, but the Distiller is not: create it "
-                "inside the same `strategy.scope()`, or pass `strategy=`."
-            )
-        return None
-    outside = [
-        v.path for v in student.weights
-        if not strategy.extended.variable_created_in_scope(
-            getattr(v, "value", v)
-        )
-    ]
-    if outside:
-        raise ValueError(
-            f"The student {student.name!r} was created outside the scope of "
-            f"the {type(strategy).__name__} it should train under (e.g. "
-            f"{', '.join(outside[:3])}), so its variables are not "
-            "distributed. Create the strategy first and build the models "
-            "inside `with strategy.scope():` (a GenerationRunner does this "
-            "itself when given `strategy=`)."
-        )
-    return strategy
-
-
-def is_multi_worker(strategy):
-    """Whether `strategy` trains over several worker processes."""
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()
-
-
-def _local(value, strategy):
-    if isinstance(value, tf.distribute.DistributedValues):
-        return strategy.experimental_local_results(value)[0]
-    return value
-
-
-def _symbolic_build_locally(model, iterator=None, data_batch=None):
-    """Keras' `_maybe_symbolic_build`, reading the first local replica.
-
-    Keras 3 reduces the first batch across replicas with `strategy.reduce`,
-    which MultiWorkerMirroredStrategy refuses for a structure
-    (keras-team/keras#20585); one replica's batch has the shapes needed.
-    """
-    strategy = model.distribute_strategy
-    if iterator is not None:
-        for _, _, batches in iterator:
-            data_batch = keras.tree.map_structure(
-                lambda v: _local(v, strategy), next(batches)
-            )
-            break
-    with strategy.scope():
-        model._symbolic_build(data_batch=data_batch)
-
-
-def _reduce_logs(reduce):
-    """Keras' `reduce_per_replica`, with scalar logs for multi-worker means.
-
-    Keras 3 averages multi-worker logs with `strategy.reduce("MEAN", v,
-    axis=0)`, which fails on scalars (keras-team/keras#20585): the logs are
-    the metrics' results, the same on every replica, reduced with axis=None.
-    """
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and is_multi_worker(strategy):
-            return keras.tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None)
-                if isinstance(v, tf.distribute.DistributedValues) else v,
-                values,
-            )
-        return reduce(values, strategy, reduction)
-
-    reduce_per_replica.kdtrain_patch = True
-    return reduce_per_replica
-
-
-def support_multi_worker(model):
-    """Lets `model.fit` / `evaluate` run under MultiWorkerMirroredStrategy.
-
-    Keras 3's TensorFlow trainer fails there (keras-team/keras#20585); this
-    works around its two failing reductions, for `model` and for the
-    process. Nothing changes for other strategies.
-
-    Args:
-        model: A `keras.Model` created under the strategy's scope.
-
-    Returns:
-        `model`.
-    """
-    if not is_multi_worker(model.distribute_strategy):
-        return model
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    if not getattr(tf_trainer.reduce_per_replica, "kdtrain_patch", False):
-        tf_trainer.reduce_per_replica = _reduce_logs(
-            tf_trainer.reduce_per_replica
-        )
-    model._maybe_symbolic_build = types.MethodType(
-        _symbolic_build_locally, model
-    )
-    return model
 
 
 def _check_output_shapes(teacher_shape, student_shape):
@@ -334,6 +211,10 @@ class Distiller(keras.Model):
         self.distillation_loss = losses_module.SoftTargets()
         self.ground_truth_weight = 0.0
         self.ground_truth_loss = None
+        self.feature_losses = []
+        self.feature_loss_trackers = []
+        self.hint_adapters = []
+        self.__dict__["_feature_models"] = None
         if student.built:
             self.built = True
 
@@ -344,14 +225,17 @@ class Distiller(keras.Model):
         ground_truth_weight=0.0,
         ground_truth_loss=None,
         metrics=("accuracy",),
+        feature_losses=(),
         **kwargs,
     ):
         """Configures the distillation.
 
         Args:
             optimizer: A Keras optimizer or its name.
-            distillation_loss: A `kdtrain.losses.DistillationLoss` or one of
-                `"soft_targets"`, `"kl"`, `"logits_mse"`.
+            distillation_loss: A `kdtrain.losses.DistillationLoss`, one of
+                the names in `kdtrain.losses.ALIASES`, or None to switch the
+                distillation of the outputs off (feature losses and labels
+                only).
             ground_truth_weight: `w` in `(1 - w) * distillation + w *
                 ground_truth`, a number in [0, 1]. With 0 the data need not
                 carry labels.
@@ -362,6 +246,12 @@ class Distiller(keras.Model):
                 binary 0/1) and the student's output kind.
             metrics: Metrics of the student against the labels. They see the
                 student's probabilities (softmax or sigmoid of logits).
+            feature_losses: `kdtrain.losses.FeatureLoss` instances
+                (`AttentionTransfer`, `HintLoss`) between named layers of the
+                student and the teacher; each adds `weight` times its value
+                to the loss and is logged under its name. Hint adapters are
+                created here, belong to the Distiller and train with the
+                student; the student itself stays unchanged.
             **kwargs: Other arguments of `keras.Model.compile`
                 (`jit_compile`, `steps_per_execution`, `weighted_metrics`...).
         """
@@ -372,10 +262,20 @@ class Distiller(keras.Model):
                 f"Received: loss={kwargs['loss']!r}"
             )
         kwargs.pop("loss", None)
-        self.distillation_loss = losses_module.get(distillation_loss)
+        self.distillation_loss = (
+            None if distillation_loss is None
+            else losses_module.get(distillation_loss)
+        )
         self.ground_truth_weight = validate_ground_truth_weight(
             ground_truth_weight
         )
+        self._set_feature_losses(feature_losses)
+        if (self.distillation_loss is None and not self.feature_losses
+                and self.ground_truth_weight == 0.0):
+            raise ValueError(
+                "Nothing to learn: `distillation_loss` is None, there are no "
+                "`feature_losses` and `ground_truth_weight` is 0."
+            )
         self.ground_truth_loss = (
             None if ground_truth_loss is None else keras.losses.get(
                 ground_truth_loss
@@ -400,6 +300,10 @@ class Distiller(keras.Model):
             "ground_truth_loss": keras.saving.serialize_keras_object(
                 self.ground_truth_loss
             ),
+            "feature_losses": [
+                keras.saving.serialize_keras_object(loss)
+                for loss in self.feature_losses
+            ],
         }
 
     def compile_from_config(self, config):
@@ -407,6 +311,80 @@ class Distiller(keras.Model):
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
+
+    def _set_feature_losses(self, feature_losses):
+        """Checks the feature losses' layers; builds extractors and adapters."""
+        feature_losses = list(feature_losses or ())
+        for loss in feature_losses:
+            if not isinstance(loss, losses_module.FeatureLoss):
+                raise ValueError(
+                    "`feature_losses` takes kdtrain.losses.FeatureLoss "
+                    "instances (AttentionTransfer, HintLoss). "
+                    f"Received: {loss!r}"
+                )
+        self.feature_losses = feature_losses
+        self.feature_loss_trackers = [
+            keras.metrics.Mean(name=loss.name) for loss in feature_losses
+        ]
+        self.hint_adapters = []
+        self.__dict__["_feature_models"] = None
+        if not feature_losses:
+            return
+        student_names = list(dict.fromkeys(
+            pair[0] for loss in feature_losses for pair in loss.layers
+        ))
+        teacher_names = list(dict.fromkeys(
+            pair[1] for loss in feature_losses for pair in loss.layers
+        ))
+        models = (
+            feature_model(self.student, student_names, "student"),
+            feature_model(self.teacher, teacher_names, "teacher"),
+        )
+        shapes = [
+            dict(zip(names, (tuple(t.shape) for t in model.outputs[1:])))
+            for names, model in zip((student_names, teacher_names), models)
+        ]
+        adapters = []
+        for loss in feature_losses:
+            for pair in loss.layers:
+                student_shape, teacher_shape = shapes[0][pair[0]], shapes[1][pair[1]]
+                loss.check_shapes(student_shape, teacher_shape, pair)
+                if loss.needs_adapter:
+                    adapter = loss.adapter(
+                        student_shape, teacher_shape,
+                        f"{loss.name}_adapter_{pair[0]}_to_{pair[1]}",
+                    )
+                    adapter.build(student_shape)
+                    adapters.append(adapter)
+        self.hint_adapters = adapters
+        # Kept out of Keras' tracking: the extractors share the models'
+        # layers, which the Distiller already tracks.
+        self.__dict__["_feature_models"] = (
+            models, student_names, teacher_names
+        )
+
+    def _feature_loss(self, teacher_features, student_features,
+                      sample_weight):
+        """Weighted sum of the feature losses; updates their trackers."""
+        _, student_names, teacher_names = self._feature_models
+        teacher = dict(zip(teacher_names, teacher_features))
+        student = dict(zip(student_names, student_features))
+        adapters = iter(self.hint_adapters)
+        total = 0.0
+        for loss, tracker in zip(self.feature_losses,
+                                 self.feature_loss_trackers):
+            values = 0.0
+            for student_layer, teacher_layer in loss.layers:
+                features = student[student_layer]
+                if loss.needs_adapter:
+                    features = next(adapters)(features)
+                values = values + _per_sample(
+                    loss.call(teacher[teacher_layer], features)
+                )
+            value = weighted_mean(values, sample_weight)
+            tracker.update_state(value, sample_weight=ops.shape(values)[0])
+            total = total + loss.weight * value
+        return total
 
     def call(self, inputs, training=None):
         return self.student(unpack_inputs(inputs)[0], training=training)
@@ -516,15 +494,17 @@ class Distiller(keras.Model):
             regularization losses.
         """
         w = self.ground_truth_weight
-        batch_size = ops.shape(teacher_logits)[0]
-        distillation = weighted_mean(
-            self._distillation_values(y, teacher_logits, student_outputs),
-            sample_weight,
-        )
-        self.distillation_loss_tracker.update_state(
-            distillation, sample_weight=batch_size
-        )
-        total = distillation if w == 0.0 else (1.0 - w) * distillation
+        batch_size = ops.shape(student_outputs)[0]
+        total = 0.0
+        if self.distillation_loss is not None:
+            distillation = weighted_mean(
+                self._distillation_values(y, teacher_logits, student_outputs),
+                sample_weight,
+            )
+            self.distillation_loss_tracker.update_state(
+                distillation, sample_weight=batch_size
+            )
+            total = distillation if w == 0.0 else (1.0 - w) * distillation
         if y is not None:
             ground_truth = weighted_mean(
                 self._ground_truth_values(y, student_outputs), sample_weight
@@ -554,15 +534,32 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._check_labels(y)
         x, teacher_logits = unpack_inputs(x)
-        if teacher_logits is None:
+        if self._feature_models is not None:
+            (student_model, teacher_model), _, _ = self._feature_models
+            teacher_outputs, *teacher_features = teacher_model(
+                x, training=False
+            )
+            teacher_logits = ops.stop_gradient(
+                to_logits(teacher_outputs, self.teacher_outputs)
+            )
+        elif teacher_logits is None:
             teacher_logits = self.teacher_logits(x)
         else:
             teacher_logits = ops.cast(teacher_logits, "float32")
         with tf.GradientTape() as tape:
-            student_outputs = self.student(x, training=True)
+            if self._feature_models is not None:
+                student_outputs, *student_features = student_model(
+                    x, training=True
+                )
+            else:
+                student_outputs = self.student(x, training=True)
             loss = self.compute_distillation_loss(
                 y, teacher_logits, student_outputs, sample_weight
             )
+            if self._feature_models is not None:
+                loss = loss + self._feature_loss(
+                    teacher_features, student_features, sample_weight
+                )
             self._loss_tracker.update_state(
                 loss, sample_weight=ops.shape(teacher_logits)[0]
             )
@@ -617,7 +614,10 @@ class Distiller(keras.Model):
             skipped |= {
                 id(self.distillation_loss_tracker),
                 id(self.ground_truth_loss_tracker),
+                *map(id, self.feature_loss_trackers),
             }
+        if self.distillation_loss is None:
+            skipped.add(id(self.distillation_loss_tracker))
         results = {}
         for metric in self.metrics:
             if id(metric) in skipped:

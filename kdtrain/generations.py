@@ -30,8 +30,8 @@ from kdtrain import cache as cache_module
 from kdtrain.cache import TeacherOutputCache
 from kdtrain.cache import weights_fingerprint
 from kdtrain.distiller import Distiller
-from kdtrain.distiller import is_multi_worker
-from kdtrain.distiller import support_multi_worker
+from kdtrain.distribute import is_multi_worker
+from kdtrain.distribute import support_multi_worker
 from kdtrain.distiller import validate_ground_truth_weight
 from kdtrain.ensemble import GenerationEnsemble
 from kdtrain.outputs import resolve_output_kind
@@ -796,6 +796,10 @@ class GenerationRunner:
             is only read and may come from outside. Under a multi-worker
             strategy, only the chief writes `directory`; the other workers
             write their copies into `directory/worker-K`.
+        feature_losses: `kdtrain.losses.FeatureLoss` instances (attention
+            transfer, hints) between layers of the same names in every
+            generation, passed to each generation's `Distiller`; each
+            generation gets fresh hint adapters.
 
     Example:
 
@@ -834,6 +838,7 @@ class GenerationRunner:
         build_teacher=None,
         cache_teacher="auto",
         strategy=None,
+        feature_losses=(),
     ):
         if not callable(build_model) or isinstance(build_model, keras.Model):
             raise ValueError(
@@ -908,7 +913,10 @@ class GenerationRunner:
         self.build_teacher = build_teacher
         self.generations = int(generations)
         self.teacher = teacher
-        self.distillation_loss = losses_module.get(distillation_loss)
+        self.distillation_loss = (
+            None if distillation_loss is None
+            else losses_module.get(distillation_loss)
+        )
         self.ground_truth_weight = validate_ground_truth_weight(
             ground_truth_weight
         )
@@ -917,6 +925,13 @@ class GenerationRunner:
         self.metrics = list(metrics or ())
         self.strategy = strategy
         self.cache_teacher = cache_teacher
+        self.feature_losses = list(feature_losses or ())
+        for loss in self.feature_losses:
+            if not isinstance(loss, losses_module.FeatureLoss):
+                raise ValueError(
+                    "`feature_losses` takes kdtrain.losses.FeatureLoss "
+                    f"instances. Received: {loss!r}"
+                )
         self.directory = worker_directory(directory, strategy)
         self.teach_from = teach_from
         self.seed = None if seed is None else int(seed)
@@ -1075,6 +1090,10 @@ class GenerationRunner:
             "generations": self.generations,
             "teach_from": self.teach_from,
             # Names are numbered per process ("adam_3"): left out.
+            "feature_losses": [
+                keras.saving.serialize_keras_object(loss)
+                for loss in self.feature_losses
+            ],
             "distillation_loss": _strip_names(
                 keras.saving.serialize_keras_object(self.distillation_loss)
             ),
@@ -1281,6 +1300,14 @@ class GenerationRunner:
         """Whether students train from cached teacher outputs (None: no)."""
         if self.cache_teacher is False:
             return None
+        if self.feature_losses:
+            if self.cache_teacher is True:
+                raise ValueError(
+                    "cache_teacher=True, but feature losses compare the "
+                    "teacher's intermediate outputs, which only an online "
+                    "teacher gives. Pass cache_teacher='auto' or False."
+                )
+            return None
         augmented = train.augmented()
         if self.cache_teacher == "auto":
             if augmented is not False:
@@ -1371,6 +1398,7 @@ class GenerationRunner:
             trainer.compile(
                 optimizer=optimizer,
                 distillation_loss=self.distillation_loss,
+                feature_losses=self.feature_losses,
                 ground_truth_weight=self.ground_truth_weight,
                 metrics=_fresh_metrics(self.metrics),
             )
@@ -1633,7 +1661,9 @@ class GenerationRunner:
             reasons.append(
                 f"ground_truth_weight is {self.ground_truth_weight}"
             )
-        if self.distillation_loss.uses_labels:
+        if self.distillation_loss is not None and (
+            self.distillation_loss.uses_labels
+        ):
             reasons.append(
                 f"the loss {type(self.distillation_loss).__name__} reads them"
             )
@@ -1745,7 +1775,10 @@ class GenerationRunner:
         train = self._config["data"]["train"]
         return {
             "generations": self.generations,
-            "distillation_loss": type(loss).__name__,
+            "distillation_loss": "none" if loss is None else type(loss).__name__,
+            "feature_losses": ",".join(
+                loss.name for loss in self.feature_losses
+            ) or "none",
             "temperature": getattr(loss, "temperature", 1.0),
             "ground_truth_weight": self.ground_truth_weight,
             "teach_from": self.teach_from,

@@ -322,3 +322,19 @@ def test_value_errors_are_bad_input_only_before_training(
         assert code == cli.EXIT_FAILURE and "resume with" in err
     else:
         assert code == cli.EXIT_USAGE and "resume with" not in err
+
+
+def test_attention_transfer_options_make_the_feature_loss():
+    from kdtrain import commands
+
+    _, settings, _ = cli.parse(
+        ["ban", "--attention-transfer", "group_1, group_2,a:b",
+         "--attention-weight", "500", "--loss", "none"]
+    )
+    (loss,) = commands.feature_losses(settings)
+    assert loss.layers == (("group_1", "group_1"), ("group_2", "group_2"),
+                           ("a", "b"))
+    assert loss.weight == 500.0
+    assert commands.distillation_loss(settings) is None
+    with pytest.raises(cli.UsageError, match="needs a feature loss"):
+        cli.parse(["ban", "--loss", "none"])

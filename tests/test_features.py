@@ -130,3 +130,128 @@ def test_subclassed_model_layers_cannot_be_reached():
     model(np.ones((1, 6)))
     with pytest.raises(ValueError, match="subclassed model"):
         feature_model(model, ["hidden"], "student")
+
+
+# Through the Distiller and the runner ------------------------------------------
+
+import kdtrain  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def images(digits):
+    x, y = digits
+    return x.reshape(-1, 8, 8, 1)[:256], y[:256]
+
+
+def wrn(seed, width=1):
+    keras.utils.set_random_seed(seed)
+    return WideResNet(10, 10, width, input_shape=(8, 8, 1))
+
+
+def test_attention_transfer_is_logged_as_its_weighted_part_of_the_loss(images):
+    x, y = images
+    teacher, student = wrn(0), wrn(1)
+    groups = ["group_1", "group_2", "group_3"]
+    distiller = kdtrain.Distiller(student, teacher)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        feature_losses=[losses.AttentionTransfer(groups, weight=1000.0)],
+    )
+    logs = distiller.fit(x, y, batch_size=64, epochs=1, shuffle=False,
+                         verbose=0).history
+    # The reference: numpy maps of each model's group outputs, batch by
+    # batch, the student in training mode (batch statistics) as in fit.
+    student_features = feature_model(student, groups, "s")
+    teacher_features = feature_model(teacher, groups, "t")
+    per_sample = []
+    for start in range(0, len(x), 64):
+        batch = x[start:start + 64]
+        s_maps = student_features(batch, training=True)[1:]
+        t_maps = teacher_features(batch, training=False)[1:]
+        per_sample.append(sum(
+            0.5 * ((np_attention(np.asarray(s)) - np_attention(np.asarray(t)))
+                   ** 2).mean(-1)
+            for s, t in zip(s_maps, t_maps)
+        ))
+    expected = np.concatenate(per_sample).mean()
+    np.testing.assert_allclose(logs["attention_transfer"][0], expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        logs["loss"][0], logs["distillation_loss"][0] + 1000.0 * expected,
+        rtol=1e-4,
+    )
+
+
+def test_hint_loss_falls_and_trains_an_adapter_outside_the_student(
+    images, tmp_path
+):
+    x, y = images
+    teacher, student = wrn(2, width=2), wrn(3)
+    bare_parameters = student.count_params()
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    distiller = kdtrain.Distiller(student, teacher)
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(0.01), distillation_loss=None,
+        feature_losses=[losses.HintLoss([("group_2", "group_2")])],
+    )
+    (adapter,) = distiller.hint_adapters
+    # 16 -> 32 channels: WRN-10-1's group_2 has 32 filters, WRN-10-2's 64.
+    assert tuple(adapter.kernel.shape) == (1, 1, 32, 64)
+    before = adapter.kernel.numpy().copy()
+    history = distiller.fit(x, epochs=4, batch_size=32, verbose=0).history
+    assert set(history) == {"loss", "hint"}  # unlabeled, no output loss
+    assert history["hint"][-1] < 0.7 * history["hint"][0]
+    assert not np.allclose(adapter.kernel.numpy(), before)
+    for old, new in zip(teacher_weights, teacher.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert student.count_params() == bare_parameters
+    student.save(tmp_path / "student.keras")
+    restored = keras.saving.load_model(tmp_path / "student.keras")
+    assert restored.count_params() == bare_parameters
+    assert not any("adapter" in w.path for w in restored.weights)
+
+
+def test_bad_feature_layers_are_refused_at_compile(images):
+    teacher, student = wrn(4), wrn(5)
+    distiller = kdtrain.Distiller(student, teacher)
+    with pytest.raises(ValueError, match=r"no layer 'group_9'.*group_1"):
+        distiller.compile(feature_losses=[losses.AttentionTransfer("group_9")])
+    with pytest.raises(ValueError, match="same spatial size"):
+        distiller.compile(
+            feature_losses=[losses.AttentionTransfer([("group_1", "group_2")])]
+        )
+    with pytest.raises(ValueError, match="cannot map"):
+        distiller.compile(
+            feature_losses=[losses.HintLoss([("group_1", "group_3")])]
+        )
+    with pytest.raises(ValueError, match="FeatureLoss"):
+        distiller.compile(feature_losses=[losses.SoftTargets()])
+    with pytest.raises(ValueError, match="Nothing to learn"):
+        distiller.compile(distillation_loss=None)
+
+
+def test_a_two_generation_chain_with_attention_transfer(images, tmp_path):
+    x, y = images
+    runner = kdtrain.GenerationRunner(
+        lambda: WideResNet(10, 10, 1, input_shape=(8, 8, 1)),
+        generations=2,
+        feature_losses=[losses.AttentionTransfer(["group_1", "group_2", "group_3"])],
+        directory=tmp_path / "chain", seed=0, progress=False,
+        tensorboard=False, verbose=0,
+    )
+    result = runner.run((x[:192], y[:192]), test_data=(x[192:], y[192:]),
+                        epochs=2, batch_size=32)
+    assert [row["label"] for row in result.table] == [
+        "Teacher", "BAN-1", "BAN-2", "Ensemble", "Ensemble + teacher"
+    ]
+    for name in ("gen-1", "gen-2"):
+        transfer = result.histories[name].history["attention_transfer"]
+        assert len(transfer) == 2 and all(np.isfinite(transfer))
+        assert (tmp_path / "chain" / name / "model.keras").is_file()
+    # Each generation's exported model is a bare WRN-10-1.
+    assert result.models[2].count_params() == result.models[0].count_params()
+    with pytest.raises(ValueError, match="intermediate outputs"):
+        kdtrain.GenerationRunner(
+            lambda: WideResNet(10, 10, 1, input_shape=(8, 8, 1)),
+            feature_losses=[losses.AttentionTransfer("group_1")],
+            cache_teacher=True,
+        ).run((x, y), epochs=1)
