@@ -12,8 +12,9 @@ from kdtrain.cache import unpack_inputs
 from kdtrain.distribute import check_strategy
 from kdtrain.distribute import support_multi_worker
 from kdtrain.features import feature_model
-from kdtrain.outputs import output_units
+from kdtrain.outputs import label_format
 from kdtrain.outputs import resolve_output_kind
+from kdtrain.outputs import static_output_shape
 from kdtrain.outputs import to_logits
 from kdtrain.outputs import to_probabilities
 
@@ -72,13 +73,6 @@ def _check_output_shapes(teacher_shape, student_shape):
             f"shape. Received: teacher output shape={teacher_shape}, student "
             f"output shape={student_shape}"
         )
-
-
-def _static_output_shape(model):
-    try:
-        return tuple(model.outputs[0].shape[1:])
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
 
 
 def _per_sample(values):
@@ -182,7 +176,7 @@ class Distiller(keras.Model):
             student, student_outputs, "student_outputs"
         )
         _check_output_shapes(
-            _static_output_shape(teacher), _static_output_shape(student)
+            static_output_shape(teacher), static_output_shape(student)
         )
         with strategy.scope() if strategy else contextlib.nullcontext():
             self._init(student, teacher, teacher_kind, student_kind, name,
@@ -398,32 +392,11 @@ class Distiller(keras.Model):
 
     def _labels_as_distribution(self, y, classes):
         """Labels as float rows of the logits' shape (one-hot, or 0/1)."""
-        fmt = self._label_format(y, classes)
+        fmt = label_format(y.shape, classes)
         if fmt == "sparse":
             y = ops.reshape(ops.cast(y, "int32"), (-1,))
             return ops.one_hot(y, classes, dtype="float32")
         return ops.reshape(ops.cast(y, "float32"), (-1, classes))
-
-    def _label_format(self, y, classes):
-        """"binary", "categorical" or "sparse", from the static shapes."""
-        shape = tuple(y.shape)
-        if classes == 1:
-            if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
-                return "binary"
-        elif len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
-            return "sparse"
-        elif len(shape) == 2 and shape[1] == classes:
-            return "categorical"
-        raise ValueError(
-            f"Labels of shape {shape} cannot fit the student's output of "
-            f"{classes} unit(s): expected integer class labels of shape "
-            f"(batch,) or (batch, 1)"
-            + (
-                " with values 0 and 1."
-                if classes == 1
-                else f", or one-hot labels of shape (batch, {classes})."
-            )
-        )
 
     # Losses ---------------------------------------------------------------
 
@@ -438,7 +411,7 @@ class Distiller(keras.Model):
             return _per_sample(loss(y, student_outputs))
         logits = to_logits(student_outputs, self.student_outputs)
         classes = logits.shape[-1]
-        fmt = self._label_format(y, classes)
+        fmt = label_format(y.shape, classes)
         if fmt == "binary":
             y = ops.reshape(ops.cast(y, "float32"), (-1, 1))
             return keras.losses.binary_crossentropy(y, logits, from_logits=True)

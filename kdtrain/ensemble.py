@@ -6,14 +6,8 @@ import keras
 from keras import ops
 
 from kdtrain.outputs import resolve_output_kind
+from kdtrain.outputs import static_output_shape
 from kdtrain.outputs import to_probabilities
-
-
-def _static_output_shape(model):
-    try:
-        return tuple(model.outputs[0].shape[1:])
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
 
 
 def _validate_weights(weights, count):
@@ -108,9 +102,9 @@ class GenerationEnsemble(keras.Model):
             for model, kind in zip(models, kinds)
         ]
         shapes = {
-            model.name: _static_output_shape(model)
+            model.name: static_output_shape(model)
             for model in models
-            if _static_output_shape(model) is not None
+            if static_output_shape(model) is not None
         }
         if len(set(shapes.values())) > 1:
             raise ValueError(

@@ -34,6 +34,8 @@ from kdtrain.distribute import is_multi_worker
 from kdtrain.distribute import support_multi_worker
 from kdtrain.distiller import validate_ground_truth_weight
 from kdtrain.ensemble import GenerationEnsemble
+from kdtrain.outputs import crossentropy
+from kdtrain.outputs import label_format
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import validate_output_kind
 
@@ -313,24 +315,6 @@ class _Data:
         }
 
 
-def _label_format(y, classes):
-    """`"binary"`, `"categorical"` or `"sparse"`: how to read the labels."""
-    if classes == 1:
-        return "binary"
-    shape = tuple(y.shape)
-    if len(shape) == 2 and shape[1] == classes and shape[1] != 1:
-        return "categorical"
-    return "sparse"
-
-
-def _crossentropy(label_format, from_logits):
-    if label_format == "binary":
-        return keras.losses.BinaryCrossentropy(from_logits=from_logits)
-    if label_format == "categorical":
-        return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-
-
 def _fresh_metrics(metrics, binary_logits=False):
     """New metric objects (a metric instance holds state)."""
     fresh = []
@@ -517,8 +501,11 @@ class _DivergenceGuard(keras.callbacks.Callback):
             if value is not None and not math.isfinite(value):
                 saved = (
                     f" Finished generations are saved in {self.directory!r} "
-                    "(gen-K/model.keras); running the chain again resumes "
-                    f"{model_name(self.generation)} from its last good epoch."
+                    "(gen-K/model.keras). Running the chain again resumes "
+                    f"{model_name(self.generation)} from its last good epoch "
+                    "with the same settings; to change them (a lower "
+                    "learning rate), start a chain in a new directory with "
+                    "the last finished generation as its `teacher`."
                     if self.directory
                     else ""
                 )
@@ -536,6 +523,46 @@ class _DivergenceGuard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs, f"at the end of epoch {epoch + 1}")
+
+
+# Attributes of Keras callbacks that hold training state, not settings.
+_CALLBACK_STATE = {"wait", "stopped_epoch", "best", "best_epoch",
+                   "best_weights", "model", "params", "validation_data"}
+
+
+_TRAINING_CALLBACKS = (
+    keras.callbacks.EarlyStopping,
+    keras.callbacks.ReduceLROnPlateau,
+    keras.callbacks.LearningRateScheduler,
+)
+
+
+def describe_callbacks(callbacks):
+    """The settings of the user's callbacks, for a chain's configuration.
+
+    A resumed chain must train its remaining generations with the callbacks
+    that shape training as it started with them (an EarlyStopping of another
+    patience would change the result), so the classes and plain settings of
+    those are part of the configuration; monitoring callbacks may come and
+    go. Callbacks given as a function are described as such.
+    """
+    if callbacks is None:
+        return []
+    if callable(callbacks) and not isinstance(callbacks, (list, tuple)):
+        return ["<function>"]
+    if isinstance(callbacks, keras.callbacks.Callback):
+        callbacks = [callbacks]
+    described = []
+    for callback in callbacks:
+        if not isinstance(callback, _TRAINING_CALLBACKS):
+            continue
+        settings = {
+            key: value for key, value in vars(callback).items()
+            if not key.startswith("_") and key not in _CALLBACK_STATE
+            and isinstance(value, (bool, int, float, str, type(None)))
+        }
+        described.append({"class": type(callback).__name__, **settings})
+    return described
 
 
 def copy_callbacks(callbacks, generation):
@@ -1043,7 +1070,7 @@ class GenerationRunner:
         support_multi_worker(model)
         model.compile(
             optimizer=optimizer or self._make_optimizer(),
-            loss=_crossentropy(self._label_format, kind == "logits"),
+            loss=crossentropy(self._label_format, kind == "logits"),
             metrics=_fresh_metrics(
                 self.metrics,
                 binary_logits=self._label_format == "binary"
@@ -1083,9 +1110,15 @@ class GenerationRunner:
     # Configuration and directory -------------------------------------------
 
     def _configuration(self, splits, epochs, teacher_epochs, fit_kwargs,
-                       architecture):
+                       architecture, callbacks=None):
         optimizer = self._make_optimizer()
         config = {
+            "callbacks": describe_callbacks(callbacks),
+            "metrics": [
+                metric if isinstance(metric, str)
+                else getattr(metric, "name", type(metric).__name__)
+                for metric in self.metrics
+            ],
             "format": _FORMAT,
             "generations": self.generations,
             "teach_from": self.teach_from,
@@ -1182,7 +1215,7 @@ class GenerationRunner:
             model = GenerationEnsemble([model], outputs=[kind], name="single")
         support_multi_worker(model)
         model.compile(
-            loss=_crossentropy(self._label_format, from_logits=False),
+            loss=crossentropy(self._label_format, from_logits=False),
             metrics=_fresh_metrics(self.metrics),
         )
         results = {}
@@ -1208,7 +1241,9 @@ class GenerationRunner:
         record = _EpochRecord(
             os.path.join(directory, HISTORY_FILE) if directory else None
         )
-        internal = []
+        # The guard comes first: a loss that turns NaN at an epoch's end
+        # stops training before the backup saves the diverged weights.
+        internal = [_DivergenceGuard(generation, self.directory)]
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
             internal.append(
@@ -1217,7 +1252,7 @@ class GenerationRunner:
                     delete_checkpoint=False,
                 )
             )
-        internal += [record, _DivergenceGuard(generation, self.directory)]
+        internal.append(record)
         monitors = []
         if self._board is not None:
             self._board.set_generation(generation)
@@ -1549,11 +1584,11 @@ class GenerationRunner:
                     break
         self._label_format = (
             "sparse" if label_source is None
-            else _label_format(label_source, classes)
+            else label_format(label_source.shape, classes)
         )
         self._config = self._configuration(
             splits, epochs, teacher_epochs, fit_kwargs,
-            architecture_fingerprint(probe),
+            architecture_fingerprint(probe), callbacks,
         )
         if self.build_teacher is not None:
             self._config["teacher"] = _normalize(

@@ -51,6 +51,55 @@ def _activation_name(layer):
     return getattr(activation, "__name__", None)
 
 
+def static_output_shape(model):
+    """The model's output shape without the batch axis, or None if unknown."""
+    try:
+        return tuple(model.outputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def label_format(label_shape, classes):
+    """How labels of `label_shape` fit an output of `classes` units.
+
+    Args:
+        label_shape: The labels' shape, batch axis included.
+        classes: Units of the model's output (1 for a binary classifier).
+
+    Returns:
+        `"binary"` (0/1 for a single unit), `"sparse"` (integer classes) or
+        `"categorical"` (one-hot rows).
+
+    Raises:
+        ValueError: Labels that cannot fit the output, naming both shapes.
+    """
+    shape = tuple(label_shape)
+    column = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+    if column:
+        return "binary" if classes == 1 else "sparse"
+    if classes != 1 and len(shape) == 2 and shape[1] == classes:
+        return "categorical"
+    raise ValueError(
+        f"Labels of shape {shape} cannot fit the student's output of "
+        f"{classes} unit(s): expected integer class labels of shape "
+        f"(batch,) or (batch, 1)"
+        + (
+            " with values 0 and 1."
+            if classes == 1
+            else f", or one-hot labels of shape (batch, {classes})."
+        )
+    )
+
+
+def crossentropy(label_format, from_logits):
+    """The Keras crossentropy loss for labels of `label_format`."""
+    if label_format == "binary":
+        return keras.losses.BinaryCrossentropy(from_logits=from_logits)
+    if label_format == "categorical":
+        return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+
+
 def output_units(model):
     """The size of the model's output's last axis, or None if unknown."""
     try:

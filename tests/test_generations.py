@@ -720,3 +720,28 @@ def test_ban_losses_are_registered():
         losses.get("cwtm", temperature=2.0)
     with pytest.raises(ValueError, match="seed"):
         losses.PermutedPredictions(seed="x")
+
+
+def test_a_resume_with_other_callbacks_is_refused(tmp_path):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = (x[:128] / 16).astype("float32"), y[:128]
+
+    def build_model():
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+
+    def run(patience):
+        runner = kdtrain.GenerationRunner(
+            build_model, generations=1, directory=tmp_path, seed=0,
+            progress=False, tensorboard=False, verbose=0,
+        )
+        return runner.run((x, y), epochs=1, batch_size=32, callbacks=[
+            keras.callbacks.EarlyStopping(monitor="loss", patience=patience)
+        ])
+
+    run(3)
+    before = (tmp_path / "results.json").read_bytes()
+    with pytest.raises(kdtrain.ConfigurationMismatch, match="patience"):
+        run(5)
+    assert (tmp_path / "results.json").read_bytes() == before
