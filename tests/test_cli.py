@@ -338,3 +338,19 @@ def test_attention_transfer_options_make_the_feature_loss():
     assert commands.distillation_loss(settings) is None
     with pytest.raises(cli.UsageError, match="needs a feature loss"):
         cli.parse(["ban", "--loss", "none"])
+
+
+def test_forcing_the_cache_on_augmented_data_is_refused(tmp_path, capsys):
+    argv = ["ban", *TINY, "--augment", "mnist", "--cache-teacher", "on",
+            "--directory", str(tmp_path / "run")]
+    code, _, err = run_main(argv, capsys)
+    assert code == cli.EXIT_USAGE
+    assert "augmented" in err and "same augmented batch" in err
+
+
+def test_distribute_mirrored_trains_a_chain(tmp_path, capsys):
+    argv = ["ban", *TINY, "--generations", "1", "--distribute", "mirrored",
+            "--directory", str(tmp_path / "run"), "--no-tensorboard"]
+    code, out, err = run_main(argv, capsys)
+    assert code == cli.EXIT_OK, err
+    assert "| Metrics | Teacher | BAN-1 |" in out
