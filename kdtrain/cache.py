@@ -17,7 +17,6 @@ data the teacher must see the student's augmented batch (Beyer et al.
 """
 
 import hashlib
-import json
 import os
 
 import keras
@@ -26,6 +25,9 @@ import tensorflow as tf
 
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import to_logits
+from kdtrain.runfiles import read_json
+from kdtrain.runfiles import write_atomically
+from kdtrain.runfiles import write_json_atomically
 
 INPUTS_KEY = "inputs"
 LOGITS_KEY = "teacher_logits"
@@ -68,19 +70,6 @@ def unpack_inputs(x):
 def num_samples(x):
     """The number of samples of an array or a structure of arrays."""
     return int(keras.tree.flatten(x)[0].shape[0])
-
-
-def _write_atomically(path, write):
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _gather(values, indices):
@@ -284,7 +273,7 @@ class TeacherOutputCache:
         leaves either the whole cache or none.
         """
         os.makedirs(directory, exist_ok=True)
-        _write_atomically(
+        write_atomically(
             os.path.join(directory, LOGITS_FILE),
             lambda f: np.save(f, self.logits),
         )
@@ -293,10 +282,7 @@ class TeacherOutputCache:
             "fingerprint": self.fingerprint,
             "shape": list(self.logits.shape),
         }
-        _write_atomically(
-            os.path.join(directory, INFO_FILE),
-            lambda f: f.write(json.dumps(info, indent=2).encode()),
-        )
+        write_json_atomically(os.path.join(directory, INFO_FILE), info)
 
     @staticmethod
     def exists(directory):
@@ -331,8 +317,7 @@ class TeacherOutputCache:
                 `samples`.
         """
         path = os.path.join(directory, LOGITS_FILE)
-        with open(os.path.join(directory, INFO_FILE)) as f:
-            info = json.load(f)
+        info = read_json(os.path.join(directory, INFO_FILE))
         if memory_map == "auto":
             memory_map = os.path.getsize(path) > MEMORY_MAP_BYTES
         logits = np.load(path, mmap_mode="r" if memory_map else None)

@@ -2,10 +2,10 @@
 
 import copy
 import io
-import json
 import os
 import pathlib
 import shlex
+import signal
 import sys
 import tomllib
 
@@ -25,8 +25,11 @@ from kdtrain.cli import options_for
 from kdtrain.cli import read_config
 from kdtrain.generations import GenerationRunner
 from kdtrain.generations import RESULTS_FILE
-from kdtrain.generations import default_split
-from kdtrain.generations import markdown_table
+from kdtrain.results import default_split
+from kdtrain.results import markdown_table
+from kdtrain.runfiles import read_json
+from kdtrain.runfiles import write_bytes_atomically
+from kdtrain.runfiles import write_text_atomically
 
 
 def _error(message):
@@ -42,24 +45,40 @@ def run(command, settings, argv):
         "dry_run"
     ):
         strategy(settings)  # before any other TensorFlow work, as it must
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        # Ctrl-C inside TensorFlow's C++ code may surface as another error.
+        interrupted.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         return handlers[command](settings)
     except (UsageError, data_module.DatasetNotFoundError) as error:
         _error(error)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        _error(
-            "interrupted. Finished generations are kept in "
-            f"{settings.get('directory')}; resume with: {resume}"
-        )
-        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - any failure while training
+        if interrupted:
+            return _interrupted(settings, resume)
         _error(
             f"training failed: {type(error).__name__}: {error}\n"
             f"Finished generations are kept in {settings.get('directory')}; "
             f"after fixing the cause, resume with: {resume}"
         )
         return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return _interrupted(settings, resume)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(settings, resume):
+    _error(
+        "interrupted. Finished generations are kept in "
+        f"{settings.get('directory')}; resume with: {resume}"
+    )
+    return EXIT_INTERRUPTED
 
 
 class _TrainingStarted(keras.callbacks.Callback):
@@ -185,9 +204,7 @@ def write_config(settings, directory):
         lines.append(f"{key} = {_toml_value(value)}")
     path = pathlib.Path(directory) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".toml.tmp")
-    temporary.write_text("\n".join(lines) + "\n")
-    os.replace(temporary, path)
+    write_text_atomically(path, "\n".join(lines) + "\n")
 
 
 def _toml_value(value):
@@ -386,8 +403,7 @@ def _results(directory):
     path = pathlib.Path(directory) / RESULTS_FILE
     if not path.exists():
         raise UsageError(f"{directory} holds no {RESULTS_FILE}: no run there.")
-    with open(path) as file:
-        return json.load(file)
+    return read_json(path)
 
 
 def evaluate(settings):
@@ -431,7 +447,7 @@ def report(settings):
     split = default_split(table)
     markdown = (f"# {directory.name}\n\nTest split: {split}.\n\n"
                 + markdown_table(table, split) + "\n")
-    _write_atomically(directory / "report.md", markdown.encode())
+    write_text_atomically(directory / "report.md", markdown)
     rows = [row for row in table if row["split"] == split]
     figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("accuracy", "loss")):
@@ -449,13 +465,7 @@ def report(settings):
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     pyplot.close(figure)
-    _write_atomically(directory / "report.png", buffer.getvalue())
+    write_bytes_atomically(directory / "report.png", buffer.getvalue())
     print(markdown)
     print(f"Wrote {directory / 'report.md'} and {directory / 'report.png'}")
     return EXIT_OK
-
-
-def _write_atomically(path, content):
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)

@@ -10,14 +10,10 @@ where it stopped.
 
 import contextlib
 import copy
-import hashlib
-import json
-import math
 import os
 import re
 import shutil
 import sys
-import time
 
 import keras
 import numpy as np
@@ -29,6 +25,18 @@ from callbacks.tensorboard import GenerationTensorBoard
 from kdtrain import cache as cache_module
 from kdtrain.cache import TeacherOutputCache
 from kdtrain.cache import weights_fingerprint
+from kdtrain.chain_callbacks import DivergenceGuard
+from kdtrain.chain_callbacks import EpochRecord
+from kdtrain.chain_callbacks import copy_callbacks
+from kdtrain.chain_callbacks import float_logs
+from kdtrain.chain_config import architecture_fingerprint
+from kdtrain.chain_config import describe_callbacks
+from kdtrain.chain_config import describe_differences
+from kdtrain.chain_config import normalize
+from kdtrain.chain_config import strip_names
+from kdtrain.chain_errors import ConfigurationMismatch
+from kdtrain.chain_errors import TrainingDiverged
+from kdtrain.chain_errors import WorkerFailure
 from kdtrain.distiller import Distiller
 from kdtrain.distribute import is_multi_worker
 from kdtrain.distribute import support_multi_worker
@@ -38,6 +46,19 @@ from kdtrain.outputs import crossentropy
 from kdtrain.outputs import label_format
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import validate_output_kind
+from kdtrain.results import ENSEMBLE_NAMES
+from kdtrain.results import GenerationResult
+from kdtrain.results import model_label
+from kdtrain.results import model_name
+from kdtrain.runfiles import read_json
+from kdtrain.runfiles import save_model_atomically
+from kdtrain.runfiles import write_json_atomically
+from kdtrain.splits import DataSplit
+
+# Re-exported: these names lived in this module before it was split.
+from kdtrain.results import default_split  # noqa: F401
+from kdtrain.results import markdown_table  # noqa: F401
+from kdtrain.results import table_splits  # noqa: F401
 
 RESULTS_FILE = "results.json"
 MODEL_FILE = "model.keras"
@@ -52,38 +73,6 @@ _RESERVED_FIT_ARGUMENTS = (
 )
 
 
-class TrainingDiverged(RuntimeError):
-    """A generation's loss became NaN or infinite; the chain stopped.
-
-    Attributes:
-        generation: The generation that diverged (0 is the teacher).
-        directory: Where the finished generations are saved, or None.
-    """
-
-    def __init__(self, message, generation=None, directory=None):
-        super().__init__(message)
-        self.generation = generation
-        self.directory = directory
-
-
-class ConfigurationMismatch(ValueError):
-    """A chain directory was made by a different configuration."""
-
-
-class WorkerFailure(RuntimeError):
-    """Multi-worker training lost a worker; the chain stopped.
-
-    Attributes:
-        generation: The generation that was training (0 is the teacher).
-        directory: Where the finished generations are saved, or None.
-    """
-
-    def __init__(self, message, generation=None, directory=None):
-        super().__init__(message)
-        self.generation = generation
-        self.directory = directory
-
-
 # What TensorFlow raises when a collective loses a peer.
 _PEER_ERRORS = (
     tf.errors.UnavailableError,
@@ -95,224 +84,7 @@ _PEER_ERRORS = (
 _CACHE_CHOICES = ("auto", True, False)
 
 
-# Names -----------------------------------------------------------------------
-
-
-def model_name(generation):
-    """`"teacher"` for generation 0, else `"gen-K"`."""
-    return "teacher" if generation == 0 else f"gen-{generation}"
-
-
-def model_label(generation):
-    """The report's column header: `"Teacher"`, `"BAN-1"`, `"BAN-2"`..."""
-    return "Teacher" if generation == 0 else f"BAN-{generation}"
-
-
-ENSEMBLE_NAMES = {
-    "ensemble": "Ensemble",
-    "ensemble_with_teacher": "Ensemble + teacher",
-}
-
-
-# Files -----------------------------------------------------------------------
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    return repr(value)
-
-
-def _normalize(value):
-    """`value` as it reads back from JSON (tuples become lists...)."""
-    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
-
-
-def write_json_atomically(path, value):
-    """Writes `value` as JSON to a temporary file, then renames it to `path`."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
-def save_model_atomically(model, path):
-    """Saves `model` to a temporary `.keras` file, then renames it to `path`."""
-    directory, base = os.path.split(path)
-    temporary = os.path.join(directory, f".{base}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _to_float(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _float_logs(logs):
-    out = {}
-    for key, value in (logs or {}).items():
-        value = _to_float(value)
-        if value is not None:
-            out[key] = value
-    return out
-
-
-# Data ------------------------------------------------------------------------
-
-
-def _is_array(value):
-    return isinstance(value, (np.ndarray, tf.Tensor)) or (
-        hasattr(value, "shape") and hasattr(value, "dtype")
-        and not isinstance(value, (tf.data.Dataset, keras.utils.PyDataset))
-    )
-
-
-def _is_array_structure(value):
-    if isinstance(value, dict):
-        return bool(value) and all(_is_array(v) for v in value.values())
-    return _is_array(value)
-
-
-def _shapes(structure):
-    return keras.tree.map_structure(
-        lambda a: [None if d is None else int(d) for d in a.shape], structure
-    )
-
-
-class _Data:
-    """One split: a `tf.data.Dataset`, a `PyDataset`, or `(x, y)` arrays."""
-
-    def __init__(self, data, batch_size, argument):
-        self.argument = argument
-        self.batch_size = batch_size
-        self.x = self.y = self.sample_weight = None
-        if isinstance(data, tf.data.Dataset):
-            self.kind = "dataset"
-            self.data = data
-            spec = data.element_spec
-            self.has_labels = isinstance(spec, tuple) and len(spec) >= 2
-        elif isinstance(data, keras.utils.PyDataset):
-            self.kind = "pydataset"
-            self.data = data
-            first = data[0]
-            self.has_labels = (
-                isinstance(first, tuple) and len(first) >= 2
-                and first[1] is not None
-            )
-        elif isinstance(data, (tuple, list)) and 1 <= len(data) <= 3 and (
-            _is_array_structure(data[0])
-        ):
-            self.kind = "arrays"
-            self.data = tuple(data)
-            self.x = data[0]
-            self.y = data[1] if len(data) > 1 else None
-            self.sample_weight = data[2] if len(data) > 2 else None
-            self.has_labels = self.y is not None
-        elif _is_array_structure(data):
-            self.kind = "arrays"
-            self.data = (data,)
-            self.x = data
-            self.has_labels = False
-        else:
-            raise TypeError(
-                f"`{argument}` must be a tf.data.Dataset, a "
-                "keras.utils.PyDataset, or an (x, y) tuple of arrays. "
-                "(A Python generator is consumed by one pass, and every "
-                f"generation needs its own.) Received: {argument}={data!r}"
-            )
-
-    def fit_arguments(self):
-        """The `x`, `y`... arguments of `fit` or `evaluate`."""
-        if self.kind != "arrays":
-            return {"x": self.data}
-        arguments = {"x": self.x, "y": self.y, "batch_size": self.batch_size}
-        if self.sample_weight is not None:
-            arguments["sample_weight"] = self.sample_weight
-        return arguments
-
-    def validation_argument(self):
-        """The split as `fit`'s `validation_data`."""
-        return self.data if self.kind != "arrays" else self.data
-
-    def first_batch(self):
-        """`(x, y)` of a few samples (y may be None)."""
-        if self.kind == "arrays":
-            x = keras.tree.map_structure(lambda a: a[:4], self.x)
-            y = None if self.y is None else self.y[:4]
-            return x, y
-        if self.kind == "dataset":
-            element = next(iter(self.data.take(1)))
-        else:
-            element = self.data[0]
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
-        return x, y
-
-    def augmented(self):
-        """Whether the samples may change from epoch to epoch (None: unknown).
-
-        Arrays never change (Keras does not augment them); a
-        `tf.data.Dataset` is augmented when its graph holds a random-number
-        op (`kdtrain.cache.is_randomized`); a `PyDataset` cannot be seen.
-        """
-        if self.kind == "arrays":
-            return False
-        if self.kind == "dataset":
-            return cache_module.is_randomized(self.data)
-        return None
-
-    def arrays(self):
-        """`(x, y, sample_weight, batch_size)` of one pass, in a fixed order."""
-        if self.kind == "arrays":
-            return self.x, self.y, self.sample_weight, self.batch_size or 32
-        return cache_module.materialize(self.data)
-
-    def shuffled(self, fit_kwargs):
-        """Whether training visits the samples in a new order every epoch."""
-        if self.kind == "arrays":
-            return bool(fit_kwargs.get("shuffle", True))
-        return cache_module.is_shuffled(self.data)
-
-    def describe(self):
-        """What identifies the split in a configuration (shapes, not data)."""
-        if self.kind == "arrays":
-            return {
-                "kind": "arrays",
-                "x": _shapes(self.x),
-                "y": None if self.y is None else _shapes(self.y),
-                "sample_weight": self.sample_weight is not None,
-                "batch_size": self.batch_size,
-            }
-        if self.kind == "dataset":
-            return {
-                "kind": "tf.data.Dataset",
-                "element_spec": repr(self.data.element_spec),
-                "cardinality": int(self.data.cardinality()),
-            }
-        x, y = self.first_batch()
-        return {
-            "kind": type(self.data).__name__,
-            "batches": self.data.num_batches,
-            "x": _shapes(x),
-            "y": None if y is None else _shapes(y),
-        }
+# Models ----------------------------------------------------------------------
 
 
 def _fresh_metrics(metrics, binary_logits=False):
@@ -329,78 +101,8 @@ def _fresh_metrics(metrics, binary_logits=False):
     return fresh
 
 
-# Models ----------------------------------------------------------------------
-
-
-def _strip_names(value):
-    if isinstance(value, dict):
-        return {
-            k: _strip_names(v) for k, v in value.items() if k != "name"
-        }
-    if isinstance(value, (list, tuple)):
-        return [_strip_names(v) for v in value]
-    return value
-
-
-def architecture_fingerprint(model):
-    """A name-independent description of `model`'s architecture.
-
-    Layer names change from one build to the next (`dense`, `dense_1`...),
-    so the fingerprint records each layer's class and configuration without
-    names, and the shapes of the weights.
-
-    Args:
-        model: A built `keras.Model`.
-
-    Returns:
-        A dict with the model's class, parameter count and a SHA-256 of the
-        layers' classes, configurations and weight shapes.
-    """
-    layers = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        config = None
-        if not isinstance(layer, keras.Model):
-            try:
-                config = _strip_names(layer.get_config())
-            except (NotImplementedError, TypeError):
-                config = None
-        layers.append([type(layer).__name__, config])
-    shapes = [list(w.shape) for w in model.weights]
-    text = json.dumps(
-        [layers, shapes], sort_keys=True, default=_json_default
-    )
-    return {
-        "class": type(model).__name__,
-        "params": int(model.count_params()),
-        "sha256": hashlib.sha256(text.encode()).hexdigest(),
-    }
-
-
 def _output_shape(model, x):
     return tuple(int(d) for d in model(x, training=False).shape[1:])
-
-
-def _flatten(value, prefix=""):
-    if isinstance(value, dict):
-        items = {}
-        for key, item in value.items():
-            items.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
-        return items
-    return {prefix: value}
-
-
-def describe_differences(saved, current):
-    """Lines saying where two configurations differ."""
-    saved, current = _flatten(saved), _flatten(current)
-    lines = []
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key, "<absent>") != current.get(key, "<absent>"):
-            old = json.dumps(saved.get(key, "<absent>"), default=str)
-            new = json.dumps(current.get(key, "<absent>"), default=str)
-            lines.append(
-                f"  {key}: {old[:200]} in the directory, {new[:200]} now"
-            )
-    return lines
 
 
 # Distribution --------------------------------------------------------------
@@ -425,321 +127,6 @@ def worker_directory(directory, strategy=None):
     return os.path.join(
         directory, f"worker-{strategy.cluster_resolver.task_id}"
     )
-
-
-# Callbacks used by the runner --------------------------------------------------
-
-
-class _EpochRecord(keras.callbacks.Callback):
-    """Keeps every epoch's logs and the elapsed time, on disk if given a path.
-
-    A run resumed by `BackupAndRestore` starts at a later epoch: the record
-    keeps the epochs before it, so the history stays complete.
-    """
-
-    def __init__(self, path=None):
-        super().__init__()
-        self.path = path
-        self.entries = []
-        if path is not None and os.path.exists(path):
-            self.entries = _read_json(path)
-        self._start = None
-        self._previous = 0.0
-
-    def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
-        self._truncated = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self._truncated:
-            self.entries = self.entries[:epoch]
-            self._previous = self.entries[-1]["elapsed"] if self.entries else 0.0
-            self._truncated = True
-
-    def elapsed(self):
-        if self._start is None:
-            return self._previous
-        return self._previous + time.perf_counter() - self._start
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.entries.append(
-            {"epoch": epoch, "logs": _float_logs(logs), "elapsed": self.elapsed()}
-        )
-        if self.path is not None:
-            write_json_atomically(self.path, self.entries)
-
-    def history(self):
-        """The logs as `History.history`: a list of values per name."""
-        history = {}
-        for entry in self.entries:
-            for key, value in entry["logs"].items():
-                history.setdefault(key, []).append(value)
-        return history
-
-
-class _DivergenceGuard(keras.callbacks.Callback):
-    """Raises `TrainingDiverged` as soon as a loss is NaN or infinite.
-
-    Raising inside `fit` (rather than stopping at the epoch's end) keeps
-    `BackupAndRestore` from saving the diverged weights.
-    """
-
-    def __init__(self, generation, directory):
-        super().__init__()
-        self.generation = generation
-        self.directory = directory
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def _check(self, logs, where):
-        for key, value in (logs or {}).items():
-            if not key.endswith("loss"):
-                continue
-            value = _to_float(value)
-            if value is not None and not math.isfinite(value):
-                saved = (
-                    f" Finished generations are saved in {self.directory!r} "
-                    "(gen-K/model.keras). Running the chain again resumes "
-                    f"{model_name(self.generation)} from its last good epoch "
-                    "with the same settings; to change them (a lower "
-                    "learning rate), start a chain in a new directory with "
-                    "the last finished generation as its `teacher`."
-                    if self.directory
-                    else ""
-                )
-                raise TrainingDiverged(
-                    f"Generation {self.generation} "
-                    f"({model_label(self.generation)}) diverged: `{key}` "
-                    f"became {value} {where}. Lower the learning rate or "
-                    f"check the data.{saved}",
-                    generation=self.generation,
-                    directory=self.directory,
-                )
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._check(logs, f"at epoch {self._epoch + 1}, step {batch + 1}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check(logs, f"at the end of epoch {epoch + 1}")
-
-
-# Attributes of Keras callbacks that hold training state, not settings.
-_CALLBACK_STATE = {"wait", "stopped_epoch", "best", "best_epoch",
-                   "best_weights", "model", "params", "validation_data"}
-
-
-_TRAINING_CALLBACKS = (
-    keras.callbacks.EarlyStopping,
-    keras.callbacks.ReduceLROnPlateau,
-    keras.callbacks.LearningRateScheduler,
-)
-
-
-def describe_callbacks(callbacks):
-    """The settings of the user's callbacks, for a chain's configuration.
-
-    A resumed chain must train its remaining generations with the callbacks
-    that shape training as it started with them (an EarlyStopping of another
-    patience would change the result), so the classes and plain settings of
-    those are part of the configuration; monitoring callbacks may come and
-    go. Callbacks given as a function are described as such.
-    """
-    if callbacks is None:
-        return []
-    if callable(callbacks) and not isinstance(callbacks, (list, tuple)):
-        return ["<function>"]
-    if isinstance(callbacks, keras.callbacks.Callback):
-        callbacks = [callbacks]
-    described = []
-    for callback in callbacks:
-        if not isinstance(callback, _TRAINING_CALLBACKS):
-            continue
-        settings = {
-            key: value for key, value in vars(callback).items()
-            if not key.startswith("_") and key not in _CALLBACK_STATE
-            and isinstance(value, (bool, int, float, str, type(None)))
-        }
-        described.append({"class": type(callback).__name__, **settings})
-    return described
-
-
-def copy_callbacks(callbacks, generation):
-    """Fresh copies of the user's callbacks for one generation.
-
-    Callbacks hold state (EarlyStopping's best weights and patience count),
-    so each generation gets deep copies of the callbacks as passed, never
-    the instances another generation used.
-
-    Args:
-        callbacks: None, a list of callbacks, or a function of the
-            generation returning a list.
-        generation: The generation the copies are for.
-
-    Returns:
-        A list of callbacks.
-    """
-    if callbacks is None:
-        return []
-    if callable(callbacks) and not isinstance(callbacks, (list, tuple)):
-        return list(callbacks(generation) or [])
-    if isinstance(callbacks, keras.callbacks.Callback):
-        callbacks = [callbacks]
-    callbacks = list(callbacks)
-    memo = {}
-    for callback in callbacks:
-        # A callback used before holds its model: copy it, not the model.
-        model = getattr(callback, "_model", None)
-        if model is not None:
-            memo[id(model)] = None
-    try:
-        # One copy of the list keeps references between callbacks.
-        return copy.deepcopy(callbacks, memo)
-    except Exception:  # noqa: BLE001 - try one by one below
-        pass
-    copies = []
-    for callback in callbacks:
-        try:
-            copies.append(copy.deepcopy(callback, dict(memo)))
-            continue
-        except Exception as error:  # noqa: BLE001 - any copying failure
-            failure = error
-        try:
-            copies.append(type(callback).from_config(callback.get_config()))
-        except Exception:  # noqa: BLE001
-            raise TypeError(
-                f"Cannot copy the callback {callback!r} for generation "
-                f"{generation} ({failure}). Each generation needs its own "
-                "callbacks; pass `callbacks` as a function of the generation "
-                "that returns fresh ones."
-            ) from failure
-    return copies
-
-
-# Results -----------------------------------------------------------------------
-
-
-def table_splits(table):
-    """The data splits a results table has rows for, in order."""
-    return list(dict.fromkeys(row["split"] for row in table))
-
-
-def default_split(table):
-    """The split a table is shown on: test, else validation, else train."""
-    splits = table_splits(table)
-    for split in ("test", "validation", "train"):
-        if split in splits:
-            return split
-    raise ValueError("The table is empty.")
-
-
-def markdown_table(table, split=None, metrics=("accuracy", "loss"), digits=4):
-    """Rows of a results table as the report's Markdown table.
-
-    Args:
-        table: Rows (dicts with `label`, `split` and the metrics), as in
-            `GenerationResult.table` or `results.json`.
-        split: The split shown; defaults to `default_split(table)`.
-        metrics: The metrics shown, one row each.
-        digits: Decimals shown.
-
-    Returns:
-        A Markdown table with a column per model or ensemble.
-    """
-    split = split or default_split(table)
-    rows = [row for row in table if row["split"] == split]
-    header = ["Metrics"] + [row["label"] for row in rows]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * len(rows)) + "|",
-    ]
-    for metric in metrics:
-        cells = []
-        for row in rows:
-            value = row.get(metric)
-            cells.append("" if value is None else f"{value:.{digits}f}")
-        title = metric.replace("_", " ").capitalize()
-        lines.append("| " + " | ".join([title] + cells) + " |")
-    return "\n".join(lines)
-
-
-class GenerationResult:
-    """What a `GenerationRunner` produced.
-
-    Attributes:
-        models: `[teacher, gen-1, ..., gen-N]`.
-        names: `["teacher", "gen-1", ..., "gen-N"]`.
-        ensemble: The `GenerationEnsemble` of the students.
-        ensemble_with_teacher: The `GenerationEnsemble` of all the models.
-        table: A list of rows (dicts), one per model or ensemble and split,
-            with `name`, `label` (the report's header), `split`, the metrics
-            (`accuracy`, `loss`...), `params` and `wall_time` (training
-            seconds; for an ensemble, its members' total).
-        histories: Per model name, the `keras.callbacks.History` of its
-            training (all epochs, also across a resume); None for a teacher
-            that was passed in.
-        directory: The chain's directory, or None.
-        config: The configuration that identifies the chain.
-
-    Example:
-
-    ```python
-    result = runner.run((x, y), test_data=(x_test, y_test), epochs=10)
-    print(result.to_markdown())
-    result.ensemble.save("ensemble.keras")
-    ```
-    """
-
-    def __init__(self, models, ensemble, ensemble_with_teacher, table,
-                 histories, directory=None, config=None):
-        self.models = list(models)
-        self.names = [model_name(k) for k in range(len(self.models))]
-        self.ensemble = ensemble
-        self.ensemble_with_teacher = ensemble_with_teacher
-        self.table = table
-        self.histories = histories
-        self.directory = directory
-        self.config = config
-
-    @property
-    def students(self):
-        """`[gen-1, ..., gen-N]`."""
-        return self.models[1:]
-
-    @property
-    def splits(self):
-        """The data splits the table has rows for."""
-        return table_splits(self.table)
-
-    def row(self, name, split=None):
-        """The table row of model or ensemble `name` on `split`."""
-        split = split or default_split(self.table)
-        for row in self.table:
-            if row["name"] == name and row["split"] == split:
-                return row
-        raise KeyError(f"No row for {name!r} on {split!r}.")
-
-    def to_markdown(self, split=None, metrics=("accuracy", "loss"), digits=4):
-        """The report's table: a column per model, a row per metric.
-
-        Args:
-            split: `"test"`, `"validation"` or `"train"`. Defaults to the
-                first of these the table has.
-            metrics: The metrics shown, one row each.
-            digits: Decimals shown.
-
-        Returns:
-            A Markdown table with the columns Teacher, BAN-1 ... BAN-N,
-            Ensemble, Ensemble + teacher.
-        """
-        return markdown_table(self.table, split, metrics, digits)
-
-    def __repr__(self):
-        return (
-            f"<GenerationResult {len(self.models)} models, "
-            f"directory={self.directory!r}>"
-        )
 
 
 # The runner --------------------------------------------------------------------
@@ -1127,11 +514,11 @@ class GenerationRunner:
                 keras.saving.serialize_keras_object(loss)
                 for loss in self.feature_losses
             ],
-            "distillation_loss": _strip_names(
+            "distillation_loss": strip_names(
                 keras.saving.serialize_keras_object(self.distillation_loss)
             ),
             "ground_truth_weight": self.ground_truth_weight,
-            "optimizer": _strip_names(
+            "optimizer": strip_names(
                 keras.saving.serialize_keras_object(optimizer)
             ),
             "epochs": int(epochs),
@@ -1153,7 +540,7 @@ class GenerationRunner:
                 **architecture_fingerprint(self.teacher),
                 "weights_sha256": weights_fingerprint(self.teacher),
             }
-        return _normalize(config)
+        return normalize(config)
 
     def _prepare_directory(self, config):
         """Checks the directory against `config`; returns the saved results."""
@@ -1164,7 +551,7 @@ class GenerationRunner:
             if re.fullmatch(r"gen-\d+", name) or name == LOGS_DIR
         ]
         if os.path.exists(results_path):
-            saved = _read_json(results_path)
+            saved = read_json(results_path)
             if saved.get("config") == config:
                 return saved
             problem = (
@@ -1223,7 +610,7 @@ class GenerationRunner:
             values = model.evaluate(
                 **data.fit_arguments(), verbose=0, return_dict=True
             )
-            results[split] = _float_logs(values)
+            results[split] = float_logs(values)
         return results
 
     def _log_evaluation(self, generation, evaluation):
@@ -1238,12 +625,12 @@ class GenerationRunner:
              fit_kwargs):
         name = model_name(generation)
         directory = self._path(f"gen-{generation}") if self.directory else None
-        record = _EpochRecord(
+        record = EpochRecord(
             os.path.join(directory, HISTORY_FILE) if directory else None
         )
         # The guard comes first: a loss that turns NaN at an epoch's end
         # stops training before the backup saves the diverged weights.
-        internal = [_DivergenceGuard(generation, self.directory)]
+        internal = [DivergenceGuard(generation, self.directory)]
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
             internal.append(
@@ -1376,7 +763,7 @@ class GenerationRunner:
             x, y, sample_weight, batch_size=batch_size,
             shuffle=plan["shuffle"],
         )
-        return _Data(dataset, None, "train_data")
+        return DataSplit(dataset, None, "train_data")
 
     def _teacher_cache(self, generation, teacher, x):
         fingerprint = weights_fingerprint(teacher)
@@ -1542,14 +929,14 @@ class GenerationRunner:
                 or value < 1
             ):
                 raise ValueError(f"`{name}` must be an integer >= 1. Received: {value!r}")
-        train = _Data(train_data, batch_size, "train_data")
+        train = DataSplit(train_data, batch_size, "train_data")
         splits = {"train": train}
         if validation_data is not None:
-            splits["validation"] = _Data(
+            splits["validation"] = DataSplit(
                 validation_data, batch_size, "validation_data"
             )
         if test_data is not None:
-            splits["test"] = _Data(test_data, batch_size, "test_data")
+            splits["test"] = DataSplit(test_data, batch_size, "test_data")
         self._check_labels(splits)
         self._cached_train = self._cache_plan(train, fit_kwargs)
         sample_x, sample_y = train.first_batch()
@@ -1591,7 +978,7 @@ class GenerationRunner:
             architecture_fingerprint(probe), callbacks,
         )
         if self.build_teacher is not None:
-            self._config["teacher"] = _normalize(
+            self._config["teacher"] = normalize(
                 {"build": architecture_fingerprint(teacher_probe)}
             )
         evaluation_splits = {

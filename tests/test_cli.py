@@ -261,15 +261,17 @@ def test_ctrl_c_keeps_finished_generations_and_prints_the_resume_command(
     args = ["ban", "--train-size", "96", "--test-size", "64", "--epochs", "40",
             "--generations", "2", "--no-progress", "--no-tensorboard"]
     process = kdtrain_process(args, tmp_path)
-    teacher = tmp_path / "runs" / "ban-digits-wrn-16-1" / "gen-0" / "model.keras"
+    run = tmp_path / "runs" / "ban-digits-wrn-16-1"
+    teacher = run / "gen-0" / "model.keras"
+    epoch_of_gen_1 = run / "gen-1" / "history.json"
     try:
         deadline = time.monotonic() + 240
-        while not teacher.exists() and time.monotonic() < deadline:
+        while not epoch_of_gen_1.exists() and time.monotonic() < deadline:
             if process.poll() is not None:
                 break
-            time.sleep(0.5)
-        assert teacher.exists(), process.communicate(timeout=10)[1][-2000:]
-        time.sleep(2)  # inside generation 1 now
+            time.sleep(0.2)
+        # Generation 1 is training: an epoch of it has ended.
+        assert epoch_of_gen_1.exists(), process.communicate(timeout=10)[1][-2000:]
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)
     finally:

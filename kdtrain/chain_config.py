@@ -1,0 +1,121 @@
+"""A chain's configuration: normalized settings, fingerprints, differences."""
+
+import hashlib
+import json
+
+import keras
+
+from kdtrain.runfiles import json_default
+
+
+def normalize(value):
+    """`value` as it reads back from JSON (tuples become lists...)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=json_default))
+
+
+def strip_names(value):
+    """`value` without its `name` entries, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: strip_names(v) for k, v in value.items() if k != "name"
+        }
+    if isinstance(value, (list, tuple)):
+        return [strip_names(v) for v in value]
+    return value
+
+
+def architecture_fingerprint(model):
+    """A name-independent description of `model`'s architecture.
+
+    Layer names change from one build to the next (`dense`, `dense_1`...),
+    so the fingerprint records each layer's class and configuration without
+    names, and the shapes of the weights.
+
+    Args:
+        model: A built `keras.Model`.
+
+    Returns:
+        A dict with the model's class, parameter count and a SHA-256 of the
+        layers' classes, configurations and weight shapes.
+    """
+    layers = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        config = None
+        if not isinstance(layer, keras.Model):
+            try:
+                config = strip_names(layer.get_config())
+            except (NotImplementedError, TypeError):
+                config = None
+        layers.append([type(layer).__name__, config])
+    shapes = [list(w.shape) for w in model.weights]
+    text = json.dumps(
+        [layers, shapes], sort_keys=True, default=json_default
+    )
+    return {
+        "class": type(model).__name__,
+        "params": int(model.count_params()),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict):
+        items = {}
+        for key, item in value.items():
+            items.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+        return items
+    return {prefix: value}
+
+
+def describe_differences(saved, current):
+    """Lines saying where two configurations differ."""
+    saved, current = _flatten(saved), _flatten(current)
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key, "<absent>") != current.get(key, "<absent>"):
+            old = json.dumps(saved.get(key, "<absent>"), default=str)
+            new = json.dumps(current.get(key, "<absent>"), default=str)
+            lines.append(
+                f"  {key}: {old[:200]} in the directory, {new[:200]} now"
+            )
+    return lines
+
+
+# Attributes of Keras callbacks that hold training state, not settings.
+_CALLBACK_STATE = {"wait", "stopped_epoch", "best", "best_epoch",
+                   "best_weights", "model", "params", "validation_data"}
+
+
+_TRAINING_CALLBACKS = (
+    keras.callbacks.EarlyStopping,
+    keras.callbacks.ReduceLROnPlateau,
+    keras.callbacks.LearningRateScheduler,
+)
+
+
+def describe_callbacks(callbacks):
+    """The settings of the user's callbacks, for a chain's configuration.
+
+    A resumed chain must train its remaining generations with the callbacks
+    that shape training as it started with them (an EarlyStopping of another
+    patience would change the result), so the classes and plain settings of
+    those are part of the configuration; monitoring callbacks may come and
+    go. Callbacks given as a function are described as such.
+    """
+    if callbacks is None:
+        return []
+    if callable(callbacks) and not isinstance(callbacks, (list, tuple)):
+        return ["<function>"]
+    if isinstance(callbacks, keras.callbacks.Callback):
+        callbacks = [callbacks]
+    described = []
+    for callback in callbacks:
+        if not isinstance(callback, _TRAINING_CALLBACKS):
+            continue
+        settings = {
+            key: value for key, value in vars(callback).items()
+            if not key.startswith("_") and key not in _CALLBACK_STATE
+            and isinstance(value, (bool, int, float, str, type(None)))
+        }
+        described.append({"class": type(callback).__name__, **settings})
+    return described

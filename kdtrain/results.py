@@ -1,0 +1,139 @@
+"""A chain's results: model names, the results table and `GenerationResult`."""
+
+
+def model_name(generation):
+    """`"teacher"` for generation 0, else `"gen-K"`."""
+    return "teacher" if generation == 0 else f"gen-{generation}"
+
+
+def model_label(generation):
+    """The report's column header: `"Teacher"`, `"BAN-1"`, `"BAN-2"`..."""
+    return "Teacher" if generation == 0 else f"BAN-{generation}"
+
+
+ENSEMBLE_NAMES = {
+    "ensemble": "Ensemble",
+    "ensemble_with_teacher": "Ensemble + teacher",
+}
+
+
+def table_splits(table):
+    """The data splits a results table has rows for, in order."""
+    return list(dict.fromkeys(row["split"] for row in table))
+
+
+def default_split(table):
+    """The split a table is shown on: test, else validation, else train."""
+    splits = table_splits(table)
+    for split in ("test", "validation", "train"):
+        if split in splits:
+            return split
+    raise ValueError("The table is empty.")
+
+
+def markdown_table(table, split=None, metrics=("accuracy", "loss"), digits=4):
+    """Rows of a results table as the report's Markdown table.
+
+    Args:
+        table: Rows (dicts with `label`, `split` and the metrics), as in
+            `GenerationResult.table` or `results.json`.
+        split: The split shown; defaults to `default_split(table)`.
+        metrics: The metrics shown, one row each.
+        digits: Decimals shown.
+
+    Returns:
+        A Markdown table with a column per model or ensemble.
+    """
+    split = split or default_split(table)
+    rows = [row for row in table if row["split"] == split]
+    header = ["Metrics"] + [row["label"] for row in rows]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(rows)) + "|",
+    ]
+    for metric in metrics:
+        cells = []
+        for row in rows:
+            value = row.get(metric)
+            cells.append("" if value is None else f"{value:.{digits}f}")
+        title = metric.replace("_", " ").capitalize()
+        lines.append("| " + " | ".join([title] + cells) + " |")
+    return "\n".join(lines)
+
+
+class GenerationResult:
+    """What a `GenerationRunner` produced.
+
+    Attributes:
+        models: `[teacher, gen-1, ..., gen-N]`.
+        names: `["teacher", "gen-1", ..., "gen-N"]`.
+        ensemble: The `GenerationEnsemble` of the students.
+        ensemble_with_teacher: The `GenerationEnsemble` of all the models.
+        table: A list of rows (dicts), one per model or ensemble and split,
+            with `name`, `label` (the report's header), `split`, the metrics
+            (`accuracy`, `loss`...), `params` and `wall_time` (training
+            seconds; for an ensemble, its members' total).
+        histories: Per model name, the `keras.callbacks.History` of its
+            training (all epochs, also across a resume); None for a teacher
+            that was passed in.
+        directory: The chain's directory, or None.
+        config: The configuration that identifies the chain.
+
+    Example:
+
+    ```python
+    result = runner.run((x, y), test_data=(x_test, y_test), epochs=10)
+    print(result.to_markdown())
+    result.ensemble.save("ensemble.keras")
+    ```
+    """
+
+    def __init__(self, models, ensemble, ensemble_with_teacher, table,
+                 histories, directory=None, config=None):
+        self.models = list(models)
+        self.names = [model_name(k) for k in range(len(self.models))]
+        self.ensemble = ensemble
+        self.ensemble_with_teacher = ensemble_with_teacher
+        self.table = table
+        self.histories = histories
+        self.directory = directory
+        self.config = config
+
+    @property
+    def students(self):
+        """`[gen-1, ..., gen-N]`."""
+        return self.models[1:]
+
+    @property
+    def splits(self):
+        """The data splits the table has rows for."""
+        return table_splits(self.table)
+
+    def row(self, name, split=None):
+        """The table row of model or ensemble `name` on `split`."""
+        split = split or default_split(self.table)
+        for row in self.table:
+            if row["name"] == name and row["split"] == split:
+                return row
+        raise KeyError(f"No row for {name!r} on {split!r}.")
+
+    def to_markdown(self, split=None, metrics=("accuracy", "loss"), digits=4):
+        """The report's table: a column per model, a row per metric.
+
+        Args:
+            split: `"test"`, `"validation"` or `"train"`. Defaults to the
+                first of these the table has.
+            metrics: The metrics shown, one row each.
+            digits: Decimals shown.
+
+        Returns:
+            A Markdown table with the columns Teacher, BAN-1 ... BAN-N,
+            Ensemble, Ensemble + teacher.
+        """
+        return markdown_table(self.table, split, metrics, digits)
+
+    def __repr__(self):
+        return (
+            f"<GenerationResult {len(self.models)} models, "
+            f"directory={self.directory!r}>"
+        )
