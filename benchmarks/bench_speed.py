@@ -33,8 +33,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_distiller import keras_distiller  # noqa: E402
 from bench_distiller import load  # noqa: E402
-from keras import distillation as keras_distillation  # noqa: E402
 
 import kdtrain  # noqa: E402
 from kdtrain import models  # noqa: E402
@@ -132,12 +132,7 @@ def main():
     online, online_xla = distiller(build, teacher), distiller(
         build, teacher, jit_compile=True)
     cached = distiller(build, teacher)
-    theirs = keras_distillation.Distiller(
-        teacher=teacher, student=build(1),
-        distillation_losses=keras_distillation.LogitsDistillation(4.0),
-        student_loss_weight=0.5,
-    )
-    theirs.compile(optimizer="adam", loss=CROSSENTROPY, metrics=["accuracy"])
+    theirs = keras_distiller(teacher, build(1))
     cases = {
         "plain student fit": lambda: student.fit(train, verbose=0),
         "plain student fit, XLA": lambda: student_xla.fit(train, verbose=0),

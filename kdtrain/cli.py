@@ -16,7 +16,6 @@ import dataclasses
 import difflib
 import math
 import os
-import pathlib
 import sys
 import tomllib
 

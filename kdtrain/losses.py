@@ -28,19 +28,24 @@ __all__ = [
 ]
 
 
-def validate_temperature(temperature):
-    """Returns `temperature` as a float, or raises if it is not finite and > 0."""
+def validate_positive(name, value):
+    """Returns `value` as a float, or raises if it is not finite and > 0."""
     if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature <= 0
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
     ):
         raise ValueError(
-            "`temperature` must be a finite number greater than 0. "
-            f"Received: temperature={temperature!r}"
+            f"`{name}` must be a finite number greater than 0. "
+            f"Received: {name}={value!r}"
         )
-    return float(temperature)
+    return float(value)
+
+
+def validate_temperature(temperature):
+    """Returns `temperature` as a float, or raises if it is not finite and > 0."""
+    return validate_positive("temperature", temperature)
 
 
 def log_distribution(logits, temperature=1.0):
@@ -461,20 +466,6 @@ def layer_pairs(layers):
     return tuple(pairs)
 
 
-def _validate_weight(weight):
-    if (
-        isinstance(weight, bool)
-        or not isinstance(weight, (int, float))
-        or not math.isfinite(weight)
-        or weight <= 0
-    ):
-        raise ValueError(
-            "`weight` must be a finite number greater than 0. "
-            f"Received: weight={weight!r}"
-        )
-    return float(weight)
-
-
 @keras.saving.register_keras_serializable(package="kdtrain")
 class FeatureLoss(keras.losses.Loss):
     """Base class of losses between intermediate outputs of the two models.
@@ -501,7 +492,7 @@ class FeatureLoss(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction,
                          dtype=dtype or "float32")
         self.layers = layer_pairs(layers)
-        self.weight = _validate_weight(weight)
+        self.weight = validate_positive("weight", weight)
 
     def check_shapes(self, student_shape, teacher_shape, pair):
         """Raises a ValueError if the pair's feature shapes cannot be compared.
@@ -578,14 +569,7 @@ class AttentionTransfer(FeatureLoss):
     def __init__(self, layers, p=2.0, weight=1000.0, name="attention_transfer",
                  **kwargs):
         super().__init__(layers, weight=weight, name=name, **kwargs)
-        if (
-            isinstance(p, bool) or not isinstance(p, (int, float))
-            or not math.isfinite(p) or p <= 0
-        ):
-            raise ValueError(
-                f"`p` must be a finite number greater than 0. Received: p={p!r}"
-            )
-        self.p = float(p)
+        self.p = validate_positive("p", p)
 
     def check_shapes(self, student_shape, teacher_shape, pair):
         if len(student_shape) < 3 or len(teacher_shape) < 3:

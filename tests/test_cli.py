@@ -300,7 +300,7 @@ def test_a_failure_during_training_exits_1_with_the_resume_command(
     assert code == cli.EXIT_FAILURE
     assert "BAN-2" in err and "diverged" in err
     assert f"kept in {directory}" in err
-    assert f"resume with: kdtrain ban --train-size 96" in err
+    assert "resume with: kdtrain ban --train-size 96" in err
 
 
 @pytest.mark.parametrize("after_a_step", [True, False])
