@@ -68,25 +68,38 @@ def keras_distiller(teacher, student):
     return model
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc, configure=None):
+    """The benchmarks' shared command line; `--quick` means 512 samples."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", default="wrn-16-1")
     parser.add_argument("--samples", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true",
-                        help="512 samples, 5 repeats")
+    parser.add_argument("--quick", action="store_true", help="512 samples")
+    if configure is not None:
+        configure(parser)
     args = parser.parse_args()
     if args.quick:
         args.samples = 512
+    return args
+
+
+def builder(model, info):
+    """A function building a fresh `model` for the dataset `info`."""
+    def build(seed=None):
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        return models.build(model, num_classes=info.num_classes,
+                            input_shape=info.input_shape)
+    return build
+
+
+def main():
+    args = arguments(__doc__)
     dataset, loaded = load(args.samples, args.batch_size)
     info = loaded.info
     train, test = loaded.train.cache(), loaded.test.cache()
-
-    def build(seed):
-        keras.utils.set_random_seed(seed)
-        return models.build(args.model, num_classes=info.num_classes,
-                            input_shape=info.input_shape)
+    build = builder(args.model, info)
 
     crossentropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     teacher = build(0)

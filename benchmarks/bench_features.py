@@ -9,7 +9,6 @@ attention transfer at the three group outputs. Target: <= 1.15.
     python benchmarks/bench_features.py --quick    # 512 samples
 """
 
-import argparse
 import os
 import pathlib
 import sys
@@ -19,12 +18,12 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import keras  # noqa: E402
+from bench_distiller import arguments  # noqa: E402
+from bench_distiller import builder  # noqa: E402
 from bench_distiller import load  # noqa: E402
 
 import kdtrain  # noqa: E402
 from kdtrain import losses  # noqa: E402
-from kdtrain import models  # noqa: E402
 from timing import interleaved  # noqa: E402
 from timing import print_report  # noqa: E402
 from timing import ratio_rows  # noqa: E402
@@ -33,23 +32,11 @@ GROUPS = ["group_1", "group_2", "group_3"]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="wrn-16-1")
-    parser.add_argument("--samples", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="512 samples")
-    args = parser.parse_args()
-    if args.quick:
-        args.samples = 512
+    args = arguments(__doc__)
     dataset, loaded = load(args.samples, args.batch_size)
     info = loaded.info
     train = loaded.train.cache()
-
-    def build(seed):
-        keras.utils.set_random_seed(seed)
-        return models.build(args.model, num_classes=info.num_classes,
-                            input_shape=info.input_shape)
+    build = builder(args.model, info)
 
     teacher = build(0)
 

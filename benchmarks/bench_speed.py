@@ -17,7 +17,6 @@ teacher and student and Fashion-MNIST (digits where it is absent):
     python benchmarks/bench_speed.py --quick    # 512 samples
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -33,11 +32,12 @@ sys.path.insert(0, str(HERE.parent))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_distiller import arguments  # noqa: E402
+from bench_distiller import builder  # noqa: E402
 from bench_distiller import keras_distiller  # noqa: E402
 from bench_distiller import load  # noqa: E402
 
 import kdtrain  # noqa: E402
-from kdtrain import models  # noqa: E402
 from kdtrain.cache import TeacherOutputCache  # noqa: E402
 from kdtrain.cache import materialize  # noqa: E402
 from timing import interleaved  # noqa: E402
@@ -45,15 +45,6 @@ from timing import print_report  # noqa: E402
 from timing import ratio_rows  # noqa: E402
 
 CROSSENTROPY = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def builder(model, info):
-    def build(seed=None):
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
-        return models.build(model, num_classes=info.num_classes,
-                            input_shape=info.input_shape)
-    return build
 
 
 def distiller(build, teacher, **compile_kwargs):
@@ -103,16 +94,9 @@ def chains(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="wrn-16-1")
-    parser.add_argument("--samples", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--chain", choices=("True", "False"))
-    args = parser.parse_args()
-    if args.quick:
-        args.samples = 512
+    args = arguments(__doc__, lambda parser: parser.add_argument(
+        "--chain", choices=("True", "False"),
+        help="(internal) run one chain in this process"))
     if args.chain:
         return chain(args, args.chain == "True")
     dataset, loaded = load(args.samples, args.batch_size)
