@@ -3,7 +3,7 @@
 import math
 import sys
 
-import keras
+from callbacks.generation import GenerationCallback
 
 
 def _format_logs(logs, keys=None):
@@ -19,7 +19,7 @@ def _format_logs(logs, keys=None):
     return items
 
 
-class TqdmProgress(keras.callbacks.Callback):
+class TqdmProgress(GenerationCallback):
     """Progress bars with tqdm, in place of Keras' own progress output.
 
     Three nested bars: generations (when a `GenerationRunner` drives it),
@@ -76,7 +76,23 @@ class TqdmProgress(keras.callbacks.Callback):
             **kwargs,
         )
 
-    # Generations (driven by a GenerationRunner) ---------------------------
+    # Chain events (from a GenerationRunner) -------------------------------
+
+    def on_chain_begin(self, logs=None):
+        logs = logs or {}
+        self.begin_generations(logs.get("models", 0),
+                               initial=logs.get("finished", 0))
+
+    def on_generation_begin(self, generation, logs=None):
+        self.set_generation((logs or {}).get("label", generation))
+
+    def on_generation_end(self, generation, logs=None):
+        self.end_generation(logs)
+
+    def on_chain_end(self, logs=None):
+        self.end_generations()
+
+    # Generations ----------------------------------------------------------
 
     def begin_generations(self, total, initial=0):
         """Opens the generation bar.

@@ -6,6 +6,8 @@ import os
 import keras
 import numpy as np
 
+from callbacks.generation import GenerationCallback
+
 
 def generation_name(generation):
     """`"gen-K"`, the name of generation `K` on disk and in TensorBoard."""
@@ -20,7 +22,7 @@ def _hparam_value(value):
     return str(value)
 
 
-class GenerationTensorBoard(keras.callbacks.Callback):
+class GenerationTensorBoard(GenerationCallback):
     """TensorBoard logs with one run per generation and a summary run.
 
     Each `fit` writes a run under `log_dir/gen-K` (`gen-K/train` and
@@ -33,8 +35,10 @@ class GenerationTensorBoard(keras.callbacks.Callback):
     plugin. `tensorboard --logdir LOG_DIR` then compares the generations
     side by side.
 
-    A `GenerationRunner` sets the generation before each `fit`. With a plain
-    `model.fit`, each `fit` call is the next generation, counted from
+    In a chain, a `GenerationRunner` sends it the chain's events
+    (`GenerationCallback`): the generation before each `fit`, each model's
+    evaluation, and the configuration at the end. With a plain `model.fit`,
+    each `fit` call is the next generation, counted from
     `initial_generation`.
 
     Args:
@@ -69,6 +73,25 @@ class GenerationTensorBoard(keras.callbacks.Callback):
         self._next_generation = int(initial_generation)
         self._board = None
         self._last_epoch_logs = None
+
+    # Chain events -----------------------------------------------------------
+
+    def on_generation_begin(self, generation, logs=None):
+        self.set_generation(generation)
+
+    def on_evaluation(self, step, logs=None):
+        logs = logs or {}
+        name, split = logs.get("name"), logs.get("split", "test")
+        prefix = split if name in (None, "teacher") or str(name).startswith(
+            "gen-"
+        ) else f"{split}/{name}"
+        self.log_scalars(int(step), logs.get("metrics") or {}, prefix)
+
+    def on_chain_end(self, logs=None):
+        logs = logs or {}
+        if logs.get("completed") and logs.get("trained"):
+            self.log_hparams(logs.get("hparams") or {}, logs.get("metrics"),
+                             logs.get("trial_id"))
 
     # Generation bookkeeping -------------------------------------------------
 

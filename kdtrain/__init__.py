@@ -9,18 +9,21 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "cache", "data", "distribute", "ensemble", "features", "generations",
+    "cache", "chain", "data", "distribute", "ensemble", "features",
     "losses", "models", "outputs", "seed_api",
 )
 _NAMES = {
     "Distiller": "kdtrain.distiller",
     "GenerationEnsemble": "kdtrain.ensemble",
-    "ConfigurationMismatch": "kdtrain.generations",
-    "GenerationResult": "kdtrain.generations",
-    "GenerationRunner": "kdtrain.generations",
+    "ChainDirectory": "kdtrain.chain",
+    "ConfigurationMismatch": "kdtrain.chain",
+    "DirectoryLocked": "kdtrain.chain",
+    "GenerationResult": "kdtrain.chain",
+    "GenerationRunner": "kdtrain.chain",
+    "RunDirectoryError": "kdtrain.chain",
     "TeacherOutputCache": "kdtrain.cache",
-    "TrainingDiverged": "kdtrain.generations",
-    "WorkerFailure": "kdtrain.generations",
+    "TrainingDiverged": "kdtrain.chain",
+    "WorkerFailure": "kdtrain.chain",
     "BANEnsemble": "kdtrain.seed_api",
     "ban": "kdtrain.seed_api",
     "distil_knowledge": "kdtrain.seed_api",

@@ -4,10 +4,14 @@ A frozen teacher gives the same outputs every epoch when the data are not
 randomly augmented, so a `Distiller` can train from outputs computed once in
 inference mode instead of running the teacher on every batch.
 `TeacherOutputCache` holds them as float16 logits (about 10 MB for
-CIFAR-100's 50,000 x 100) with a fingerprint of the teacher's weights, and
-`TeacherOutputCache.dataset` joins each sample to its own row by the
-sample's index: the index is drawn before shuffling and travels with the
-sample, so a shuffle can never pair a sample with another one's outputs.
+CIFAR-100's 50,000 x 100) with a fingerprint of the teacher's weights.
+
+Alignment cannot be fooled. Each row carries the key of its sample (a hash
+of the sample's inputs, label and weight, `sample_keys`), a saved cache is
+checked against the keys of the data it is used with, and `verify` runs the
+teacher again on a random subset of rows. Within a process,
+`TeacherOutputCache.dataset` joins each sample to its row by index: the
+index is drawn before shuffling and travels with the sample.
 
 The batches carry the cached logits in the inputs,
 `({"inputs": x, "teacher_logits": logits}, y, sample_weight)`; the
@@ -23,18 +27,29 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdtrain import files
+from kdtrain.faults import fault_point
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import to_logits
-from kdtrain.runfiles import read_json
-from kdtrain.runfiles import write_atomically
-from kdtrain.runfiles import write_json_atomically
 
 INPUTS_KEY = "inputs"
 LOGITS_KEY = "teacher_logits"
 LOGITS_FILE = "teacher_outputs.npy"
+KEYS_FILE = "sample_keys.npy"
 INFO_FILE = "teacher_outputs.json"
 MEMORY_MAP_BYTES = 256 * 2**20
-_FORMAT = 1
+VERIFIED_ROWS = 64
+# float16 keeps 11 significant bits: a recomputed logit may differ from the
+# stored one by a rounding step; another sample's logit differs by far more.
+_TOLERANCE = 1e-2
+
+
+class CacheMismatch(ValueError):
+    """A saved cache does not belong to this teacher or these samples."""
+
+
+class NonFiniteTeacherOutputs(ValueError):
+    """The teacher emits NaN or infinite outputs: it cannot teach."""
 
 
 def weights_fingerprint(model):
@@ -53,6 +68,32 @@ def weights_fingerprint(model):
             weight
         )).tobytes())
     return digest.hexdigest()
+
+
+def sample_keys(x, y=None, sample_weight=None):
+    """A 16-byte key per sample: a hash of its inputs, label and weight.
+
+    Two samples share a key only if they are identical, and identical
+    samples have identical teacher outputs, so a key names a row's sample
+    whatever order the data come in.
+
+    Returns:
+        A NumPy array of `bytes` (dtype `S16`), one key per sample.
+    """
+    leaves = [
+        np.ascontiguousarray(leaf)
+        for part in (x, y, sample_weight) if part is not None
+        for leaf in keras.tree.flatten(part)
+    ]
+    count = len(leaves[0])
+    rows = [leaf.reshape(count, -1).view(np.uint8) for leaf in leaves]
+    keys = np.empty(count, dtype="S16")
+    for i in range(count):
+        digest = hashlib.blake2b(digest_size=16)
+        for row in rows:
+            digest.update(row[i])
+        keys[i] = digest.digest()
+    return keys
 
 
 def pack_inputs(x, teacher_logits):
@@ -159,17 +200,148 @@ def materialize(dataset):
     return (*parts, num_samples(batches[0][0]))
 
 
+def indexed_batches(count, batch_size, shuffle=True, seed=None,
+                    epoch_seed=None):
+    """A dataset of batches of sample indices, reshuffled every epoch.
+
+    Args:
+        count: The number of samples.
+        batch_size: Indices per batch.
+        shuffle: Whether each epoch visits the samples in a new order.
+        seed: Optional shuffling seed (stateful shuffling).
+        epoch_seed: Optional int64 `tf.Variable` of shape (2,); when given,
+            each epoch's order is a stateless permutation drawn from its
+            value when the epoch's iterator starts (see
+            `kdtrain.chain.callbacks.EpochSeed`), so an epoch trained again
+            sees the same order.
+    """
+    if shuffle and epoch_seed is not None:
+        def permutation(_):
+            noise = tf.random.stateless_uniform(
+                [count], seed=epoch_seed.read_value()
+            )
+            return tf.data.Dataset.from_tensor_slices(
+                tf.argsort(noise, stable=True)
+            )
+
+        indices = tf.data.Dataset.range(1).flat_map(permutation)
+    else:
+        indices = tf.data.Dataset.range(count)
+        if shuffle:
+            indices = indices.shuffle(
+                count, seed=seed, reshuffle_each_iteration=True
+            )
+    batches = -(-count // batch_size)
+    return indices.batch(batch_size).apply(
+        tf.data.experimental.assert_cardinality(batches)
+    )
+
+
+def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
+                  seed=None, epoch_seed=None, logits=None):
+    """A `tf.data` pipeline of batches gathered from arrays by index.
+
+    Args:
+        x, y, sample_weight: Arrays (or structures of arrays) of the samples.
+        batch_size, shuffle, seed, epoch_seed: As for `indexed_batches`.
+        logits: Optional teacher logits per sample, packed into the inputs
+            with `pack_inputs`.
+
+    Returns:
+        A dataset of `(x, y, sample_weight)` batches (without the `None`
+        parts).
+    """
+    if sample_weight is not None and y is None:
+        raise ValueError("`sample_weight` needs labels `y`.")
+    arrays = [
+        None if a is None else keras.tree.map_structure(
+            tf.convert_to_tensor, a
+        )
+        for a in (x, y, sample_weight)
+    ]
+
+    def gather(indices):
+        x, y, weight = [
+            None if a is None else keras.tree.map_structure(
+                lambda v: tf.gather(v, indices), a
+            )
+            for a in arrays
+        ]
+        if logits is not None:
+            x = pack_inputs(x, _gather(logits, indices))
+        return tuple(v for v in (x, y, weight) if v is not None)
+
+    return (
+        indexed_batches(num_samples(x), batch_size, shuffle, seed, epoch_seed)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def check_finite_outputs(logits, start, batch, name):
+    """Raises `NonFiniteTeacherOutputs` naming the batch and its first bad row."""
+    stop = start + len(logits)
+    finite = np.isfinite(logits)
+    if finite.all():
+        return
+    what = "NaN" if np.isnan(logits).any() else "infinite values"
+    row = start + int(np.argmin(finite.all(axis=tuple(range(1, logits.ndim)))))
+    raise NonFiniteTeacherOutputs(
+        f"The teacher {name} emits {what} on batch {batch} of the training "
+        f"data (samples {start} to {stop - 1}; first at sample {row}): it "
+        "cannot teach. Check how it was trained or loaded."
+    )
+
+
+def _inference_function(teacher, kind, x):
+    def infer(batch):
+        return to_logits(teacher(batch, training=False), kind)
+
+    if isinstance(x, np.ndarray):
+        spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
+        return tf.function(infer, input_signature=[spec])
+    return tf.function(infer, reduce_retracing=True)
+
+
+def teacher_logits(teacher, x, batch_size=256, teacher_outputs="auto",
+                   name=None, fault=None):
+    """The teacher's float32 logits on every sample of `x`, in order.
+
+    A plain loop, not `predict`: under a strategy `predict` would split and
+    gather the samples, and the cache needs them all, in order.
+
+    Raises:
+        NonFiniteTeacherOutputs: A NaN or infinite output, naming the batch.
+    """
+    kind = resolve_output_kind(teacher, teacher_outputs, "teacher_outputs")
+    infer = _inference_function(teacher, kind, x)
+    count = num_samples(x)
+    name = name or repr(teacher.name)
+    outputs = []
+    for batch, start in enumerate(range(0, count, batch_size)):
+        stop = min(start + batch_size, count)
+        rows = keras.tree.map_structure(lambda a: a[start:stop], x)
+        logits = infer(rows).numpy()
+        check_finite_outputs(logits, start, batch, name)
+        outputs.append(logits)
+        if fault and stop >= count // 2 > start:
+            fault_point(fault)
+    return np.concatenate(outputs)
+
+
 class TeacherOutputCache:
     """A frozen teacher's outputs on a training set, as float16 logits.
 
     Row `i` holds the teacher's logits (log-probabilities for a
     probability head) for sample `i` of the data it was computed on, in
-    inference mode. Build it with `compute`, train from it with a
-    `Distiller` through `dataset`, keep it with `save` and `load`.
+    inference mode, and optionally that sample's key (`sample_keys`). Build
+    it with `compute`, train from it with a `Distiller` through `dataset`,
+    keep it with `save` and `load`, and check it with `verify`.
 
     Args:
         logits: Array of shape `(samples, classes)` (kept as float16).
         fingerprint: `weights_fingerprint(teacher)` of the teacher.
+        keys: Optional `sample_keys` of the samples, row by row.
 
     Example:
 
@@ -181,7 +353,7 @@ class TeacherOutputCache:
     ```
     """
 
-    def __init__(self, logits, fingerprint):
+    def __init__(self, logits, fingerprint, keys=None):
         if isinstance(logits, np.memmap) and logits.dtype == np.float16:
             self.logits = logits
         else:
@@ -191,7 +363,12 @@ class TeacherOutputCache:
                 "`logits` must have shape (samples, classes). Received "
                 f"shape {self.logits.shape}."
             )
+        if keys is not None and len(keys) != len(self.logits):
+            raise ValueError(
+                f"`keys` has {len(keys)} entries for {len(self.logits)} rows."
+            )
         self.fingerprint = fingerprint
+        self.keys = None if keys is None else np.asarray(keys, dtype="S16")
 
     @property
     def num_samples(self):
@@ -204,7 +381,8 @@ class TeacherOutputCache:
         return int(self.logits.nbytes)
 
     @classmethod
-    def compute(cls, teacher, x, batch_size=256, teacher_outputs="auto"):
+    def compute(cls, teacher, x, batch_size=256, teacher_outputs="auto",
+                keys=None, name=None, fault=None):
         """Runs `teacher` once over `x` in inference mode.
 
         Args:
@@ -213,76 +391,129 @@ class TeacherOutputCache:
                 in the order the cache will index them.
             batch_size: Batch size of the inference pass.
             teacher_outputs: `"auto"`, `"logits"` or `"probabilities"`.
+            keys: Optional `sample_keys` of the samples, kept with the rows.
+            name: How errors name the teacher (defaults to its name).
+            fault: Optional fault point reached halfway.
 
         Returns:
             A `TeacherOutputCache`.
 
         Raises:
-            ValueError: If a logit does not fit in float16.
+            NonFiniteTeacherOutputs: The teacher emits NaN or infinity,
+                naming the batch.
+            ValueError: A logit does not fit in float16.
         """
-        kind = resolve_output_kind(teacher, teacher_outputs, "teacher_outputs")
-
-        @tf.function(reduce_retracing=True)
-        def infer(batch):
-            return to_logits(teacher(batch, training=False), kind)
-
-        # A plain loop, not `predict`: under a strategy, `predict` would
-        # split and gather the samples; the cache needs them all, in order.
-        batches = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
-        logits = np.concatenate(
-            [infer(batch).numpy() for batch in batches]
-        )
+        logits = teacher_logits(teacher, x, batch_size, teacher_outputs,
+                                name, fault)
         with np.errstate(over="ignore"):
             stored = logits.astype(np.float16)
-        if not np.all(np.isfinite(stored)[np.isfinite(logits)]):
+        if not np.all(np.isfinite(stored)):
             raise ValueError(
-                f"The teacher {teacher.name!r} emits logits beyond float16's "
-                f"range (largest magnitude {np.abs(logits).max():.4g}): they "
-                "cannot be cached. Train with cache_teacher=False."
+                f"The teacher {name or repr(teacher.name)} emits logits "
+                "beyond float16's range (largest magnitude "
+                f"{np.abs(logits).max():.4g}): they cannot be cached. Train "
+                "with cache_teacher=False."
             )
-        return cls(stored, weights_fingerprint(teacher))
+        return cls(stored, weights_fingerprint(teacher), keys)
 
-    def check(self, teacher=None, samples=None, source="The cache"):
-        """Raises `ValueError` unless the cache fits `teacher` and the data.
+    def check(self, teacher=None, samples=None, keys=None,
+              source="The cache"):
+        """Raises `CacheMismatch` unless the cache fits the teacher and data.
 
         Args:
             teacher: The teacher the cache should come from, or None.
             samples: The number of samples of the data, or None.
+            keys: The `sample_keys` of the data, row by row, or None.
             source: How the error names the cache (e.g. its path).
         """
         if samples is not None and samples != self.num_samples:
-            raise ValueError(
+            raise CacheMismatch(
                 f"{source} holds teacher outputs for {self.num_samples} "
                 f"samples, but the data has {samples}: it was computed on "
                 "other data. Compute it again on this data."
             )
+        if keys is not None and (
+            self.keys is None or not np.array_equal(self.keys, keys)
+        ):
+            raise CacheMismatch(
+                f"{source} was computed on other samples, or on these in "
+                "another order (its sample keys differ from the data's). "
+                "Compute it again on this data."
+            )
         if teacher is not None and weights_fingerprint(teacher) != (
             self.fingerprint
         ):
-            raise ValueError(
+            raise CacheMismatch(
                 f"{source} was computed by another teacher: the weights of "
                 f"{teacher.name!r} do not match its fingerprint "
                 f"({self.fingerprint[:12]}...). Compute it again with this "
                 "teacher."
             )
 
-    def save(self, directory):
-        """Writes the logits and their fingerprint into `directory`.
+    def verify(self, teacher, x, teacher_outputs="auto", rows=VERIFIED_ROWS,
+               source="The cache"):
+        """Runs `teacher` on random rows and compares them with the cache.
 
-        Each file is written to a temporary name and renamed, so a crash
-        leaves either the whole cache or none.
+        A cache whose rows belong to other samples (or another teacher)
+        fails here even if its files and keys look right.
+
+        Raises:
+            CacheMismatch: A recomputed row differs beyond float16 rounding.
         """
-        os.makedirs(directory, exist_ok=True)
-        write_atomically(
-            os.path.join(directory, LOGITS_FILE),
-            lambda f: np.save(f, self.logits),
-        )
-        info = {
-            "format": _FORMAT,
-            "fingerprint": self.fingerprint,
-            "shape": list(self.logits.shape),
-        }
-        write_json_atomically(os.path.join(directory, INFO_FILE), info)
+        count = min(rows, self.num_samples)
+        chosen = np.sort(np.random.default_rng().choice(
+            self.num_samples, size=count, replace=False
+        ))
+        subset = keras.tree.map_structure(lambda a: np.asarray(a)[chosen], x)
+        fresh = teacher_logits(teacher, subset, count, teacher_outputs)
+        cached = np.asarray(self.logits[chosen], dtype=np.float32)
+        close = np.isclose(cached, fresh, rtol=_TOLERANCE, atol=_TOLERANCE)
+        if not close.all():
+            bad = int(chosen[np.argmin(close.all(axis=1))])
+            raise CacheMismatch(
+                f"{source} does not hold this teacher's outputs for these "
+                f"samples: recomputing row {bad} gave other logits (checked "
+                f"{count} random rows). Compute it again."
+            )
+
+    def save(self, directory, fault=None):
+        """Writes the cache as the folder `directory`, whole or not at all.
+
+        The logits, the keys and a description with their SHA-256 are
+        written to a temporary folder that is renamed into place.
+        """
+        directory = os.fspath(directory)
+        if os.path.isdir(directory):
+            others = set(os.listdir(directory)) - {
+                LOGITS_FILE, KEYS_FILE, INFO_FILE
+            }
+            if others:
+                raise ValueError(
+                    f"{directory} holds other files than a cache "
+                    f"({', '.join(sorted(others)[:5])}): save the cache to a "
+                    "new or empty folder."
+                )
+        files.remove(directory)
+        parent = os.path.dirname(os.path.abspath(directory))
+        os.makedirs(parent, exist_ok=True)
+        with files.replacing(directory, fault=fault) as temporary:
+            os.makedirs(temporary)
+            names = {"logits": LOGITS_FILE}
+            np.save(os.path.join(temporary, LOGITS_FILE), self.logits)
+            if self.keys is not None:
+                np.save(os.path.join(temporary, KEYS_FILE), self.keys)
+                names["keys"] = KEYS_FILE
+            info = {
+                "fingerprint": self.fingerprint,
+                "shape": list(self.logits.shape),
+                "files": names,
+                "sha256": {
+                    name: files.sha256_file(os.path.join(temporary, name))
+                    for name in names.values()
+                },
+            }
+            with open(os.path.join(temporary, INFO_FILE), "w") as file:
+                file.write(files.to_json(info))
 
     @staticmethod
     def exists(directory):
@@ -291,21 +522,19 @@ class TeacherOutputCache:
 
     @staticmethod
     def delete(directory):
-        """Removes a saved cache from `directory`, if there is one."""
-        for name in (INFO_FILE, LOGITS_FILE):
-            path = os.path.join(directory, name)
-            if os.path.exists(path):
-                os.remove(path)
+        """Removes a saved cache folder, if there is one."""
+        files.remove(os.fspath(directory))
 
     @classmethod
-    def load(cls, directory, teacher=None, samples=None,
+    def load(cls, directory, teacher=None, samples=None, keys=None,
              memory_map="auto"):
         """Reads a cache written by `save`, checked against its use.
 
         Args:
-            directory: The directory given to `save`.
+            directory: The folder given to `save`.
             teacher: If given, the cache must come from this teacher.
             samples: If given, the cache must have this many samples.
+            keys: If given, the cache's rows must have these sample keys.
             memory_map: Whether to map the logits from disk instead of
                 reading them; `"auto"` does above `MEMORY_MAP_BYTES`.
 
@@ -313,26 +542,43 @@ class TeacherOutputCache:
             A `TeacherOutputCache`.
 
         Raises:
-            ValueError: If the files disagree or do not fit `teacher` or
-                `samples`.
+            CacheMismatch: Damaged files (checksums, shapes), or a cache
+                that does not fit `teacher`, `samples` or `keys`.
         """
-        path = os.path.join(directory, LOGITS_FILE)
-        info = read_json(os.path.join(directory, INFO_FILE))
-        if memory_map == "auto":
-            memory_map = os.path.getsize(path) > MEMORY_MAP_BYTES
-        logits = np.load(path, mmap_mode="r" if memory_map else None)
+        directory = os.fspath(directory)
+        try:
+            info = files.read_json(os.path.join(directory, INFO_FILE))
+            for name, digest in info["sha256"].items():
+                if files.sha256_file(os.path.join(directory, name)) != digest:
+                    raise CacheMismatch(
+                        f"The cache in {directory} is damaged: {name} does "
+                        "not match its checksum."
+                    )
+            path = os.path.join(directory, info["files"]["logits"])
+            if memory_map == "auto":
+                memory_map = os.path.getsize(path) > MEMORY_MAP_BYTES
+            logits = np.load(path, mmap_mode="r" if memory_map else None)
+            saved_keys = None
+            if "keys" in info["files"]:
+                saved_keys = np.load(
+                    os.path.join(directory, info["files"]["keys"])
+                )
+        except (OSError, KeyError, TypeError, files.DamagedFileError) as error:
+            raise CacheMismatch(
+                f"The cache in {directory} cannot be read ({error})."
+            ) from None
         if list(logits.shape) != info["shape"] or logits.dtype != np.float16:
-            raise ValueError(
-                f"The cache in {directory!r} is damaged: {LOGITS_FILE} holds "
+            raise CacheMismatch(
+                f"The cache in {directory} is damaged: {LOGITS_FILE} holds "
                 f"{logits.dtype} {list(logits.shape)}, {INFO_FILE} says "
-                f"float16 {info['shape']}. Delete both files."
+                f"float16 {info['shape']}."
             )
-        cache = cls(logits, info["fingerprint"])
-        cache.check(teacher, samples, source=f"The cache in {directory!r}")
+        cache = cls(logits, info["fingerprint"], saved_keys)
+        cache.check(teacher, samples, keys, source=f"The cache in {directory}")
         return cache
 
     def dataset(self, x, y=None, sample_weight=None, batch_size=32,
-                shuffle=True, seed=None):
+                shuffle=True, seed=None, epoch_seed=None):
         """A `tf.data` pipeline of batches joined to their cached logits.
 
         The pipeline shuffles sample indices, batches them, then gathers
@@ -346,43 +592,16 @@ class TeacherOutputCache:
             batch_size: Samples per batch.
             shuffle: Whether to reshuffle the samples every epoch.
             seed: Optional shuffling seed.
+            epoch_seed: Optional variable fixing each epoch's order (see
+                `indexed_batches`).
 
         Returns:
             A `tf.data.Dataset` of `(pack_inputs(x, logits), y,
             sample_weight)` batches (without the `None` parts).
         """
         self.check(samples=num_samples(x))
-        if sample_weight is not None and y is None:
-            raise ValueError("`sample_weight` needs labels `y`.")
-        arrays = [x, y, sample_weight]
-        arrays = [
-            None if a is None else keras.tree.map_structure(
-                tf.convert_to_tensor, a
-            )
-            for a in arrays
-        ]
-        logits = self.logits
-
-        def gather(indices):
-            x, y, weight = [
-                None if a is None else keras.tree.map_structure(
-                    lambda v: tf.gather(v, indices), a
-                )
-                for a in arrays
-            ]
-            x = pack_inputs(x, _gather(logits, indices))
-            return tuple(v for v in (x, y, weight) if v is not None)
-
-        indices = tf.data.Dataset.range(self.num_samples)
-        if shuffle:
-            indices = indices.shuffle(
-                self.num_samples, seed=seed, reshuffle_each_iteration=True
-            )
-        return (
-            indices.batch(batch_size)
-            .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        return array_dataset(x, y, sample_weight, batch_size, shuffle, seed,
+                             epoch_seed, logits=self.logits)
 
     def __repr__(self):
         return (

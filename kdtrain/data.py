@@ -985,10 +985,37 @@ def _fashion_mnist_arrays(*, data_dir):
 # CIFAR (python pickles)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds.
+
+    A CIFAR python batch is a dict of bytes keys to lists, bytes, numbers
+    and NumPy arrays. Rebuilding those needs three globals (NumPy's array
+    reconstruction, `ndarray`, `dtype`; `_codecs.encode` for files written
+    by Python 3) and nothing else; any other global (`os.system`,
+    `builtins.eval`...) is refused, so a crafted file cannot run code.
+    """
+
+    _ALLOWED = frozenset({
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),
+    })
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"it asks for {module}.{name}, which a CIFAR batch never holds "
+            "(refused: unpickling it could run code)"
+        )
+
+
 def _read_cifar_pickle(path):
     try:
         with open(path, "rb") as f:
-            content = pickle.load(f, encoding="bytes")
+            content = _CifarUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise
     except Exception as e:

@@ -11,7 +11,7 @@ from kdtrain import losses as losses_module
 from kdtrain.cache import unpack_inputs
 from kdtrain.distribute import check_strategy
 from kdtrain.distribute import support_multi_worker
-from kdtrain.features import feature_model
+from kdtrain.features import plan_feature_losses
 from kdtrain.outputs import label_format
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import static_output_shape
@@ -324,32 +324,17 @@ class Distiller(keras.Model):
         self.__dict__["_feature_models"] = None
         if not feature_losses:
             return
-        student_names = list(dict.fromkeys(
-            pair[0] for loss in feature_losses for pair in loss.layers
-        ))
-        teacher_names = list(dict.fromkeys(
-            pair[1] for loss in feature_losses for pair in loss.layers
-        ))
-        models = (
-            feature_model(self.student, student_names, "student"),
-            feature_model(self.teacher, teacher_names, "teacher"),
+        models, student_names, teacher_names, needed = plan_feature_losses(
+            self.student, self.teacher, feature_losses
         )
-        shapes = [
-            dict(zip(names, (tuple(t.shape) for t in model.outputs[1:])))
-            for names, model in zip((student_names, teacher_names), models)
-        ]
         adapters = []
-        for loss in feature_losses:
-            for pair in loss.layers:
-                student_shape, teacher_shape = shapes[0][pair[0]], shapes[1][pair[1]]
-                loss.check_shapes(student_shape, teacher_shape, pair)
-                if loss.needs_adapter:
-                    adapter = loss.adapter(
-                        student_shape, teacher_shape,
-                        f"{loss.name}_adapter_{pair[0]}_to_{pair[1]}",
-                    )
-                    adapter.build(student_shape)
-                    adapters.append(adapter)
+        for loss, pair, student_shape, teacher_shape in needed:
+            adapter = loss.adapter(
+                student_shape, teacher_shape,
+                f"{loss.name}_adapter_{pair[0]}_to_{pair[1]}",
+            )
+            adapter.build(student_shape)
+            adapters.append(adapter)
         self.hint_adapters = adapters
         # Kept out of Keras' tracking: the extractors share the models'
         # layers, which the Distiller already tracks.

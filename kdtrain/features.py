@@ -56,3 +56,48 @@ def feature_model(model, layer_names, role):
     return keras.Model(
         inputs, [model.outputs[0], *outputs], name=f"{model.name}_features"
     )
+
+
+def plan_feature_losses(student, teacher, feature_losses):
+    """Checks feature losses against two models; returns what they need.
+
+    Every layer a loss names must exist in its model and the shapes of each
+    pair must be comparable by the loss (`FeatureLoss.check_shapes`).
+
+    Args:
+        student: The student model.
+        teacher: The teacher model.
+        feature_losses: `kdtrain.losses.FeatureLoss` instances.
+
+    Returns:
+        `(models, student_names, teacher_names, adapters)`: the two feature
+        extractors (`feature_model`), the layer names each returns, and
+        per pair that needs an adapter `(loss, pair, student_shape,
+        teacher_shape)`.
+
+    Raises:
+        ValueError: A missing layer (listing the model's layers) or pairs
+            of incompatible shapes.
+    """
+    student_names = list(dict.fromkeys(
+        pair[0] for loss in feature_losses for pair in loss.layers
+    ))
+    teacher_names = list(dict.fromkeys(
+        pair[1] for loss in feature_losses for pair in loss.layers
+    ))
+    models = (
+        feature_model(student, student_names, "student"),
+        feature_model(teacher, teacher_names, "teacher"),
+    )
+    shapes = [
+        dict(zip(names, (tuple(t.shape) for t in model.outputs[1:])))
+        for names, model in zip((student_names, teacher_names), models)
+    ]
+    adapters = []
+    for loss in feature_losses:
+        for pair in loss.layers:
+            student_shape, teacher_shape = shapes[0][pair[0]], shapes[1][pair[1]]
+            loss.check_shapes(student_shape, teacher_shape, pair)
+            if loss.needs_adapter:
+                adapters.append((loss, pair, student_shape, teacher_shape))
+    return models, student_names, teacher_names, adapters

@@ -16,7 +16,7 @@ from kdtrain import losses as losses_module
 from kdtrain.distiller import Distiller
 from kdtrain.distiller import validate_ground_truth_weight
 from kdtrain.ensemble import GenerationEnsemble
-from kdtrain.generations import GenerationRunner
+from kdtrain.chain import GenerationRunner
 
 DEFAULT_COMPILE_ARGS = {
     "optimizer": "adam",

@@ -1,40 +1,31 @@
 """A two-generation chain on digits, run as a subprocess by the resume test.
 
-Usage: python chain_script.py DIRECTORY LOG [--pause-marker PATH]
+Usage: python chain_script.py DIRECTORY LOG
 
-Appends "GENERATION EPOCH" to LOG at each epoch's start. With
---pause-marker, once generation 2 has finished an epoch the script writes
-PATH and sleeps, waiting to be killed.
+Appends "GENERATION EPOCH" to LOG at each epoch's start. The test stops it
+with a fault point (`KDTRAIN_FAULT`, see `kdtrain.faults`).
 """
 
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from kdtrain.generations import GenerationRunner  # noqa: E402
+from kdtrain.chain import GenerationRunner  # noqa: E402
 
 
 class Spy(keras.callbacks.Callback):
-    def __init__(self, generation, log, marker):
+    def __init__(self, generation, log):
         super().__init__()
         self.generation = generation
         self.log = log
-        self.marker = marker
 
     def on_epoch_begin(self, epoch, logs=None):
         with open(self.log, "a") as f:
             f.write(f"{self.generation} {epoch}\n")
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.generation == 2 and self.marker:
-            with open(self.marker, "w") as f:
-                f.write(f"{epoch}\n")
-            time.sleep(300)
 
 
 def build_model():
@@ -49,7 +40,6 @@ def build_model():
 
 def main(argv):
     directory, log = argv[0], argv[1]
-    marker = argv[3] if len(argv) > 3 and argv[2] == "--pause-marker" else None
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype("float32")
     runner = GenerationRunner(
@@ -66,7 +56,7 @@ def main(argv):
         test_data=(x[1400:], y[1400:]),
         epochs=3,
         batch_size=64,
-        callbacks=lambda generation: [Spy(generation, log, marker)],
+        callbacks=lambda generation: [Spy(generation, log)],
     )
     print(result.to_markdown())
 

@@ -121,7 +121,7 @@ def run_chain(strategy=None, directory=None, callbacks=None):
     result = runner.run((x, y), epochs=2, batch_size=16, shuffle=False,
                         callbacks=callbacks)
     return {
-        "cached": runner._cached_train is not None,
+        "cached": runner.cache_used,
         "history": {k: v.history for k, v in result.histories.items()},
         "weights": {
             name: [w.tolist() for w in model.get_weights()]
@@ -249,8 +249,10 @@ def multi_worker():
         with open(os.path.join(directory, "result-0.json")) as f:
             report = json.load(f)
         chain = os.path.join(directory, "chain")
-        with open(os.path.join(chain, "results.json")) as f:
-            records = json.load(f)["generations"]
+        records = {}
+        for name, folder in (("teacher", "gen-0"), ("gen-1", "gen-1")):
+            with open(os.path.join(chain, folder, "record.json")) as f:
+                records[name] = json.load(f)
         report["chain"] = {
             "files": sorted(
                 os.path.relpath(os.path.join(root, name), chain)

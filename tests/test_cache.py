@@ -161,6 +161,77 @@ def test_refuses_another_teacher_and_other_data(cache, digits, tmp_path):
     ] == cache.fingerprint
 
 
+def test_keys_name_each_rows_sample(cache, trained_teacher, digits, tmp_path):
+    x, y = digits
+    keys = cache_module.sample_keys(x, y)
+    assert keys.dtype == np.dtype("S16") and len(set(keys)) == len(
+        set(map(bytes, np.unique(np.concatenate([x, y[:, None]], 1), axis=0)))
+    )
+    keyed = TeacherOutputCache(cache.logits, cache.fingerprint, keys)
+    keyed.save(tmp_path / "cache")
+    TeacherOutputCache.load(tmp_path / "cache", keys=keys)
+    # The same samples in another order are other rows: refused.
+    order = np.random.default_rng(1).permutation(len(x))
+    with pytest.raises(cache_module.CacheMismatch, match="another order"):
+        TeacherOutputCache.load(tmp_path / "cache", keys=keys[order])
+
+
+def test_verify_recomputes_rows_and_catches_permuted_ones(
+    cache, trained_teacher, digits
+):
+    x, _ = digits
+    cache.verify(trained_teacher, x)  # the teacher's own outputs: fine
+    order = np.random.default_rng(2).permutation(len(x))
+    permuted = TeacherOutputCache(cache.logits[order], cache.fingerprint)
+    with pytest.raises(cache_module.CacheMismatch,
+                       match="does not hold this teacher's outputs"):
+        permuted.verify(trained_teacher, x)
+
+
+def test_a_shuffled_pipeline_reads_the_same_in_every_state(digits):
+    """A resumed process materializes a shuffled pipeline in another order;
+    the training arrays (and so the cache rows) must not follow it."""
+    from kdtrain.chain.splits import DataSplit
+
+    x, y = digits
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        len(x), seed=3
+    ).batch(64)
+    first = DataSplit(dataset, None, "train_data").training_arrays()
+    list(dataset)  # the shuffle's state moves on, as in another process
+    second = DataSplit(dataset, None, "train_data").training_arrays()
+    np.testing.assert_array_equal(first.keys, second.keys)
+    np.testing.assert_array_equal(first.x, second.x)
+    np.testing.assert_array_equal(first.y, second.y)
+    assert sorted(first.keys.tolist()) == first.keys.tolist()
+    rows = {bytes(k): (xi, yi) for k, xi, yi in zip(
+        cache_module.sample_keys(x, y), x, y
+    )}
+    for key, xi, yi in zip(first.keys[:50], first.x[:50], first.y[:50]):
+        np.testing.assert_array_equal(rows[bytes(key)][0], xi)
+        assert rows[bytes(key)][1] == yi
+
+
+def test_non_finite_teacher_outputs_name_the_batch():
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2)(keras.ops.log(inputs))  # NaN below 0
+    teacher = keras.Model(inputs, outputs)
+    x = np.ones((40, 3), "float32")
+    x[25, 1] = -1.0
+    with pytest.raises(cache_module.NonFiniteTeacherOutputs,
+                       match=r"NaN on batch 2 .*samples 20 to 29; first at "
+                             r"sample 25"):
+        TeacherOutputCache.compute(teacher, x, batch_size=10,
+                                   teacher_outputs="logits", name="T")
+
+
+def test_save_refuses_a_folder_of_other_files(cache, tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds other files"):
+        cache.save(tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
 def test_refuses_logits_beyond_float16():
     teacher = keras.Sequential(
         [keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="ones")]
@@ -206,7 +277,7 @@ def test_runner_cached_chain_equals_online_chain(trained_teacher, digits,
     online = _runner(trained_teacher, cache_teacher=False).run(data, epochs=2)
     runner = _runner(trained_teacher, directory=tmp_path)
     cached = runner.run(data, epochs=2)
-    assert runner._cached_train is not None  # "auto" chose the cache
+    assert runner.cache_used  # "auto" chose the cache
     for key, values in online.histories["gen-1"].history.items():
         np.testing.assert_allclose(
             cached.histories["gen-1"].history[key], values, rtol=2e-3,
@@ -222,28 +293,33 @@ class _Crash(keras.callbacks.Callback):
         raise RuntimeError("crash")
 
 
-def test_runner_resumes_with_its_cache_and_refuses_a_stale_one(
+def test_runner_resumes_with_its_cache_and_recomputes_a_stale_one(
     trained_teacher, digits, tmp_path
 ):
     x, y = digits
-    gen_1 = tmp_path / "gen-1"
+    cache_dir = tmp_path / "gen-1" / "cache"
     with pytest.raises(RuntimeError, match="crash"):
         _runner(trained_teacher, directory=tmp_path).run(
             (x, y), epochs=1, batch_size=256, callbacks=[_Crash()]
         )
-    saved = TeacherOutputCache.load(gen_1, teacher=trained_teacher)
-    TeacherOutputCache(np.zeros((len(x), 10)), "0" * 64).save(gen_1)
-    with pytest.raises(ValueError, match="another teacher"):
-        _runner(trained_teacher, directory=tmp_path).run(
-            (x, y), epochs=1, batch_size=256
-        )
-    assert TeacherOutputCache.exists(gen_1)  # refused, nothing deleted
-    saved.save(gen_1)
+    saved = TeacherOutputCache.load(cache_dir, teacher=trained_teacher)
+    assert saved.keys is not None and len(saved.keys) == len(x)
+    # Another teacher's outputs in its place: refused, computed again.
+    TeacherOutputCache(np.zeros((len(x), 10)), "0" * 64, saved.keys).save(
+        cache_dir
+    )
+    with pytest.warns(UserWarning, match="another teacher.*Computing it again"):
+        with pytest.raises(RuntimeError, match="crash"):
+            _runner(trained_teacher, directory=tmp_path).run(
+                (x, y), epochs=1, batch_size=256, callbacks=[_Crash()]
+            )
+    again = TeacherOutputCache.load(cache_dir, teacher=trained_teacher)
+    np.testing.assert_array_equal(again.logits, saved.logits)
     result = _runner(trained_teacher, directory=tmp_path).run(
         (x, y), epochs=1, batch_size=256
     )
     assert result.histories["gen-1"].history["loss"]
-    assert not TeacherOutputCache.exists(gen_1)
+    assert not TeacherOutputCache.exists(cache_dir)
 
 
 def test_runner_cache_choice(trained_teacher):
@@ -256,7 +332,7 @@ def test_runner_cache_choice(trained_teacher):
         _runner(trained_teacher, cache_teacher=True).run(noisy)
     runner = _runner(trained_teacher)  # "auto": online on augmented data
     runner.run(noisy, evaluate=False)
-    assert runner._cached_train is None
+    assert not runner.cache_used
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
@@ -267,5 +343,5 @@ def test_runner_cache_choice(trained_teacher):
 
     with pytest.raises(ValueError, match="arrays or a tf.data.Dataset"):
         _runner(trained_teacher, cache_teacher=True).run(Batches())
-    with pytest.raises(ValueError, match="'auto', True or False"):
+    with pytest.raises(ValueError, match="'auto', True, False"):
         _runner(trained_teacher, cache_teacher="yes")

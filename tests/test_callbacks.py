@@ -7,10 +7,11 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import kdtrain
+from callbacks import GenerationCallback
 from callbacks import GenerationTensorBoard
 from callbacks import TqdmProgress
-from kdtrain.generations import GenerationRunner
-from kdtrain.generations import copy_callbacks
+from kdtrain.chain import GenerationRunner
+from kdtrain.chain.callbacks import copy_callbacks
 
 
 def build_model():
@@ -165,17 +166,15 @@ def test_tqdm_progress_starts_at_a_resumed_epoch():
 
 def test_runner_uses_both_by_default_with_a_directory(tmp_path):
     runner = GenerationRunner(build_model, directory=tmp_path)
-    assert isinstance(runner._tensorboard_callback(), GenerationTensorBoard)
-    assert isinstance(runner._progress_callback(), TqdmProgress)
+    board, bars = runner._monitors
+    assert isinstance(board, GenerationTensorBoard)
+    assert isinstance(bars, TqdmProgress)
     off = GenerationRunner(build_model, directory=tmp_path,
                            tensorboard=False, progress=False)
-    assert off._tensorboard_callback() is None
-    assert off._progress_callback() is None
-    nothing = GenerationRunner(build_model)
-    assert nothing._tensorboard_callback() is None
-    assert nothing._progress_callback() is None
+    assert off._monitors == (None, None)
+    assert GenerationRunner(build_model)._monitors == (None, None)
     with pytest.raises(ValueError, match="directory"):
-        GenerationRunner(build_model, tensorboard=True)._tensorboard_callback()
+        GenerationRunner(build_model, tensorboard=True)
 
 
 # Copying callbacks ---------------------------------------------------------------
@@ -196,3 +195,67 @@ def test_copies_do_not_copy_the_model_or_share_state(digits):
     copy.on_train_begin()
     assert copy.best_weights is None and copy.wait == 0
     assert stopper.best_weights is not None
+
+
+# The chain's events ---------------------------------------------------------------
+
+
+class Journal(GenerationCallback):
+    """A user's own generation callback: writes down every event."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def on_chain_begin(self, logs=None):
+        self.events.append(("chain_begin", logs["models"], logs["finished"]))
+
+    def on_generation_begin(self, generation, logs=None):
+        self.events.append(("generation_begin", generation, logs["label"]))
+
+    def on_train_begin(self, logs=None):
+        self.events.append(("train_begin", id(self.model)))
+
+    def on_generation_end(self, generation, logs=None):
+        self.events.append(("generation_end", generation, "loss" in logs))
+
+    def on_evaluation(self, step, logs=None):
+        self.events.append(("evaluation", step, logs["name"], logs["split"]))
+
+    def on_chain_end(self, logs=None):
+        self.events.append(("chain_end", logs["completed"],
+                            tuple(logs.get("trained", ()))))
+
+
+def test_a_users_generation_callback_follows_the_chain(digits, tmp_path):
+    x, y = digits
+    journal = Journal()
+    runner = GenerationRunner(build_model, generations=2, seed=0, verbose=0,
+                              directory=tmp_path, progress=False,
+                              tensorboard=False)
+    runner.run((x[:300], y[:300]), test_data=(x[300:400], y[300:400]),
+               epochs=1, batch_size=100, callbacks=[journal])
+    kinds = [event[0] for event in journal.events]
+    assert kinds == [
+        "chain_begin",
+        "generation_begin", "train_begin", "evaluation", "generation_end",
+        "generation_begin", "train_begin", "evaluation", "generation_end",
+        "generation_begin", "train_begin", "evaluation", "generation_end",
+        "evaluation", "evaluation", "chain_end",
+    ]
+    assert journal.events[0] == ("chain_begin", 3, 0)
+    assert [e[1:] for e in journal.events if e[0] == "generation_begin"] == [
+        (0, "Teacher"), (1, "BAN-1"), (2, "BAN-2")
+    ]
+    # One shared object saw every generation's model (not a copy each).
+    models = {e[1] for e in journal.events if e[0] == "train_begin"}
+    assert len(models) == 3
+    assert [e[1:] for e in journal.events if e[0] == "evaluation"][-2:] == [
+        (2, "ensemble", "test"), (2, "ensemble_with_teacher", "test")
+    ]
+    assert journal.events[-1] == ("chain_end", True, (0, 1, 2))
+    # A rerun loads everything: the chain's events only.
+    again = Journal()
+    runner.run((x[:300], y[:300]), test_data=(x[300:400], y[300:400]),
+               epochs=1, batch_size=100, callbacks=[again])
+    assert again.events == [("chain_begin", 3, 3), ("chain_end", True, ())]

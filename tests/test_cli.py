@@ -10,6 +10,7 @@ import tomllib
 import pytest
 
 from kdtrain import cli
+from kdtrain import options
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 TINY = ["--train-size", "96", "--test-size", "64", "--epochs", "1",
@@ -38,17 +39,16 @@ def test_flags_override_the_config_file(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('command = "ban"\nepochs = 7\nloss = "kl"\n'
                       "temperature = 2.5\nground_truth_weight = 0.2\n")
-    command, settings, given = cli.parse(
+    command, settings = options.parse(
         ["ban", "--config", str(config), "--epochs", "3"]
     )
     assert command == "ban"
-    assert settings["epochs"] == 3            # the flag wins
-    assert settings["loss"] == "kl"           # from the file
-    assert settings["temperature"] == 2.5
-    assert settings["ground_truth_weight"] == 0.2
-    assert settings["generations"] == 3       # the default
-    assert given == {"epochs": 3}
-    assert settings["directory"] == os.path.join("runs", "ban-digits-wrn-16-1")
+    assert settings.epochs == 3            # the flag wins
+    assert settings.loss == "kl"           # from the file
+    assert settings.temperature == 2.5
+    assert settings.ground_truth_weight == 0.2
+    assert settings.generations == 3       # the default
+    assert settings.directory == os.path.join("runs", "ban-digits-wrn-16-1")
 
 
 def test_unknown_config_key_lists_valid_keys_and_closest(tmp_path, capsys):
@@ -108,13 +108,13 @@ def test_config_written_for_another_command(tmp_path, capsys):
 
 
 def test_help_documents_every_option_with_its_default():
-    parser = cli.build_parser()
+    parser = options.build_parser()
     subparsers = next(
         a for a in parser._actions if a.dest == "command"
     ).choices
     for command in ("ban", "distill"):
         text = " ".join(subparsers[command].format_help().split())
-        for option in cli.options_for(command):
+        for option in options.options_for(command):
             assert option.flag in text, option.flag
         assert "(default: 3)" in text or command == "distill"
         assert "(default: soft_targets)" in text
@@ -263,7 +263,7 @@ def test_ctrl_c_keeps_finished_generations_and_prints_the_resume_command(
     process = kdtrain_process(args, tmp_path)
     run = tmp_path / "runs" / "ban-digits-wrn-16-1"
     teacher = run / "gen-0" / "model.keras"
-    epoch_of_gen_1 = run / "gen-1" / "history.json"
+    epoch_of_gen_1 = run / "gen-1" / "backup" / "epoch-0001"
     try:
         deadline = time.monotonic() + 240
         while not epoch_of_gen_1.exists() and time.monotonic() < deadline:
@@ -284,15 +284,15 @@ def test_ctrl_c_keeps_finished_generations_and_prints_the_resume_command(
 def test_a_failure_during_training_exits_1_with_the_resume_command(
     tmp_path, monkeypatch, capsys
 ):
-    from kdtrain import generations
+    from kdtrain import chain
 
     def fail(self, *args, **kwargs):
-        raise generations.TrainingDiverged(
+        raise chain.TrainingDiverged(
             "Generation 2 (BAN-2) diverged: `loss` became nan", generation=2,
             directory=self.directory,
         )
 
-    monkeypatch.setattr(generations.GenerationRunner, "run", fail)
+    monkeypatch.setattr(chain.GenerationRunner, "run", fail)
     directory = tmp_path / "run"
     code, _, err = run_main(
         ["ban", *TINY, "--directory", str(directory)], capsys
@@ -307,15 +307,15 @@ def test_a_failure_during_training_exits_1_with_the_resume_command(
 def test_value_errors_are_bad_input_only_before_training(
     tmp_path, monkeypatch, capsys, after_a_step
 ):
-    from kdtrain import generations
+    from kdtrain import chain
 
     def fail(self, *args, callbacks=None, **kwargs):
         if after_a_step:
-            for callback in callbacks(1):
+            for callback in callbacks:
                 callback.on_train_batch_end(0)
         raise ValueError("something broke")
 
-    monkeypatch.setattr(generations.GenerationRunner, "run", fail)
+    monkeypatch.setattr(chain.GenerationRunner, "run", fail)
     code, _, err = run_main(
         ["ban", *TINY, "--directory", str(tmp_path / "run")], capsys
     )
@@ -329,7 +329,7 @@ def test_value_errors_are_bad_input_only_before_training(
 def test_attention_transfer_options_make_the_feature_loss():
     from kdtrain import commands
 
-    _, settings, _ = cli.parse(
+    _, settings = options.parse(
         ["ban", "--attention-transfer", "group_1, group_2,a:b",
          "--attention-weight", "500", "--loss", "none"]
     )
@@ -339,7 +339,7 @@ def test_attention_transfer_options_make_the_feature_loss():
     assert loss.weight == 500.0
     assert commands.distillation_loss(settings) is None
     with pytest.raises(cli.UsageError, match="needs a feature loss"):
-        cli.parse(["ban", "--loss", "none"])
+        options.parse(["ban", "--loss", "none"])
 
 
 def test_forcing_the_cache_on_augmented_data_is_refused(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import os
 import pickle
 import struct
 
@@ -240,6 +241,40 @@ def test_cifar10_from_pickles(tmp_path):
     (folder / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(data.DataFormatError, match="test_batch"):
         data.load("cifar10", data_dir=folder)
+
+
+class _RunsCode:
+    """Unpickles as a call of `os.system`: what a crafted batch would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar_batch_cannot_run_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        dump(folder / f"data_batch_{i}", cifar_batch(rng, 3, {b"labels": 10}))
+    marker = tmp_path / "code-ran"
+    crafted = cifar_batch(rng, 4, {b"labels": 10})
+    crafted[b"batch_label"] = _RunsCode(marker)
+    dump(folder / "test_batch", crafted)
+    # The file really would run code with an unrestricted unpickler.
+    with open(folder / "test_batch", "rb") as f:
+        assert b"system" in f.read()
+    with pytest.raises(data.DataFormatError, match="test_batch.*system"):
+        data.load("cifar10", data_dir=folder)
+    assert not marker.exists()
+    # A genuine batch with NumPy arrays (not lists) still loads.
+    genuine = cifar_batch(rng, 4, {b"labels": 10})
+    genuine[b"labels"] = np.asarray(genuine[b"labels"], dtype="int64")
+    dump(folder / "test_batch", genuine)
+    loaded = data.load("cifar10", data_dir=folder, validation_split=0)
+    assert loaded.info.num_test == 4
 
 
 def test_cifar100_from_pickles(tmp_path):

@@ -1,9 +1,9 @@
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import keras
@@ -14,9 +14,10 @@ import tensorflow as tf
 import kdtrain
 from kdtrain import losses
 from kdtrain.ensemble import GenerationEnsemble
-from kdtrain.generations import ConfigurationMismatch
-from kdtrain.generations import GenerationRunner
-from kdtrain.generations import TrainingDiverged
+from kdtrain.chain import ConfigurationMismatch
+from kdtrain.chain import RunDirectoryError
+from kdtrain.chain import GenerationRunner
+from kdtrain.chain import TrainingDiverged
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -94,16 +95,25 @@ def chain(digits, tmp_path_factory):
 def test_chain_writes_a_checkpoint_per_generation(chain):
     directory = chain.directory
     for k in range(3):
-        assert (directory / f"gen-{k}" / "model.keras").is_file()
+        model = directory / f"gen-{k}" / "model.keras"
+        assert model.is_file()
         assert not (directory / f"gen-{k}" / "backup").exists()
-        history = json.loads((directory / f"gen-{k}" / "history.json").read_text())
-        assert [entry["epoch"] for entry in history] == [0, 1]
+        assert not (directory / f"gen-{k}" / "cache").exists()
+        record = json.loads((directory / f"gen-{k}" / "record.json").read_text())
+        assert record["epochs"] == 2 and len(record["history"]["loss"]) == 2
+        assert record["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+        assert record["taught_by"] == (None if k == 0 else {
+            "generation": k - 1, "name": "teacher" if k == 1 else f"gen-{k - 1}",
+            "sha256": hashlib.sha256(
+                (directory / f"gen-{k - 1}" / "model.keras").read_bytes()
+            ).hexdigest(),
+        })
     assert not [p for p in directory.rglob("*.tmp*")]
     results = json.loads((directory / "results.json").read_text())
     assert results["complete"] is True
     assert set(results["generations"]) == {"teacher", "gen-1", "gen-2"}
     record = results["generations"]["gen-1"]
-    assert record["status"] == "done"
+    assert record["generation"] == 1 and record["path"] == "gen-1/model.keras"
     assert record["epochs"] == 2
     assert set(record["history"]) >= {
         "loss", "distillation_loss", "ground_truth_loss", "accuracy",
@@ -283,49 +293,40 @@ def test_overwrite_clears_a_directory_of_another_configuration(
 
 def test_unrelated_directory_contents_are_refused(digits, tmp_path):
     (tmp_path / "gen-1").mkdir()
-    with pytest.raises(ConfigurationMismatch, match="no results.json"):
+    with pytest.raises(RunDirectoryError, match="did not write: gen-1"):
         make_runner(tmp_path).run(split(digits)[0], epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen-1"]
 
 
 # Resume after SIGKILL ---------------------------------------------------------
 
 
-def _run_script(args, timeout):
+def _run_script(args, timeout, fault=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("KDTRAIN_FAULT", None)
+    if fault:
+        env["KDTRAIN_FAULT"] = fault
     return subprocess.run(
         [sys.executable, os.path.join(HERE, "chain_script.py"), *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, env=env,
     )
 
 
 def test_chain_killed_during_generation_2_resumes(tmp_path):
-    directory, log, marker = (
-        tmp_path / "chain", tmp_path / "epochs.log", tmp_path / "marker"
-    )
-    child = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "chain_script.py"),
-         str(directory), str(log), "--pause-marker", str(marker)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert child.poll() is None, child.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "generation 2 never started"
-            time.sleep(0.1)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-        child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
+    directory, log = tmp_path / "chain", tmp_path / "epochs.log"
+    # Killed once generation 2's first epoch is backed up.
+    killed = _run_script([str(directory), str(log)], timeout=600,
+                         fault="gen-2/backup.written@1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     first_run = log.read_text().split("\n")
     assert "2 0" in first_run and "2 1" not in first_run
     gen_1 = directory / "gen-1" / "model.keras"
     before = (gen_1.stat().st_mtime_ns, gen_1.read_bytes())
     assert not (directory / "gen-2" / "model.keras").exists()
-    assert (directory / "gen-2" / "backup").is_dir()
+    assert (directory / "gen-2" / "backup" / "epoch-0001").is_dir()
     log.write_text("")
 
-    finished = _run_script([str(directory), str(log)], timeout=180)
+    finished = _run_script([str(directory), str(log)], timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     # Generations 0 and 1 were loaded; generation 2 resumed at epoch 2.
     assert log.read_text().split() == ["2", "1", "2", "2"]
@@ -506,10 +507,9 @@ def test_nan_loss_stops_with_a_clear_error(digits, trained_teacher, tmp_path):
     assert error.value.generation == 2
     assert (tmp_path / "gen-1" / "model.keras").exists()
     assert not (tmp_path / "gen-2" / "model.keras").exists()
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["generations"]["gen-1"]["status"] == "done"
-    assert results["generations"]["gen-2"]["status"] == "diverged"
-    assert results["complete"] is False
+    assert (tmp_path / "gen-1" / "record.json").exists()
+    assert not (tmp_path / "gen-2" / "record.json").exists()
+    assert not (tmp_path / "results.json").exists()  # not finished
 
 
 # Bad input -------------------------------------------------------------------------

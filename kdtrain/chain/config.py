@@ -5,7 +5,7 @@ import json
 
 import keras
 
-from kdtrain.runfiles import json_default
+from kdtrain.files import json_default
 
 
 def normalize(value):

@@ -1,0 +1,412 @@
+"""`ChainDirectory`: the one owner of a chain's run directory.
+
+Every path of a run, its lock, its manifest, the checksums of its models,
+its backups and its cleanup live here; the runner asks, this module writes.
+
+```
+DIRECTORY/
+  .kdtrain.lock          the writer's lock (holds its PID)
+  run.json               format, configuration, and the manifest: the names
+                         kdtrain may write here (--overwrite removes only those)
+  config.toml            the command line's settings
+  gen-K/model.keras      generation K, once finished (gen-0 is the teacher)
+  gen-K/record.json      its record: SHA-256 of model.keras, its teacher and
+                         that teacher's SHA-256, history, evaluation
+  gen-K/backup/epoch-N/  the last two epoch backups while K trains
+  gen-K/cache/           its teacher's outputs while K trains
+  results.json           the finished chain: records and table; written once
+                         complete, never replaced by an unfinished version
+  logs/                  TensorBoard
+  report.md, report.png  kdtrain report
+```
+
+A generation is finished when its `record.json` exists and `model.keras`
+has the SHA-256 recorded there; it is current when its teacher is the
+finished generation (with the same SHA-256) that taught it.
+"""
+
+import os
+import re
+
+from kdtrain import files
+from kdtrain.chain.config import describe_differences
+from kdtrain.chain.errors import ConfigurationMismatch
+from kdtrain.chain.errors import RunDirectoryError
+from kdtrain.chain.lock import LOCK_FILE
+from kdtrain.chain.lock import DirectoryLock
+from kdtrain.faults import fault_point
+
+FORMAT = 2
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.toml"
+LOGS_DIR = "logs"
+REPORT_FILES = ("report.md", "report.png")
+MODEL_FILE = "model.keras"
+RECORD_FILE = "record.json"
+BACKUP_DIR = "backup"
+CACHE_DIR = "cache"
+_WORKER = re.compile(r"^worker-\d+$")
+
+
+def generation_dir_name(generation):
+    """`"gen-K"`: the folder (and TensorBoard run) of generation K."""
+    return f"gen-{int(generation)}"
+
+
+def _listing(names, limit=12):
+    shown = sorted(names)[:limit]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+class ChainDirectory:
+    """The files of one chain's run directory, and the only code writing them.
+
+    Args:
+        path: The run directory.
+        workers: The number of workers of a multi-worker run whose chief
+            writes this directory (each other worker writes `worker-K/`).
+
+    Example:
+
+    ```python
+    directory = ChainDirectory("runs/ban")
+    with directory.lock:
+        resumed = directory.claim(config, generations=3)
+    ```
+    """
+
+    def __init__(self, path, workers=1):
+        self.path = os.path.abspath(os.fspath(path))
+        self.workers = int(workers)
+        self.lock = DirectoryLock(self.path)
+
+    # Paths ------------------------------------------------------------------
+
+    def file(self, *parts):
+        """A path inside the directory."""
+        return os.path.join(self.path, *parts)
+
+    def generation_dir(self, generation):
+        return self.file(generation_dir_name(generation))
+
+    def model_path(self, generation):
+        return self.file(generation_dir_name(generation), MODEL_FILE)
+
+    def record_path(self, generation):
+        return self.file(generation_dir_name(generation), RECORD_FILE)
+
+    def backup_dir(self, generation):
+        return self.file(generation_dir_name(generation), BACKUP_DIR)
+
+    def cache_dir(self, generation):
+        return self.file(generation_dir_name(generation), CACHE_DIR)
+
+    @property
+    def logs_dir(self):
+        return self.file(LOGS_DIR)
+
+    @property
+    def results_path(self):
+        return self.file(RESULTS_FILE)
+
+    @property
+    def config_path(self):
+        return self.file(CONFIG_FILE)
+
+    def relative(self, path):
+        """`path` as shown in messages: relative to the run directory."""
+        return os.path.relpath(path, self.path)
+
+    # The manifest and the claim ------------------------------------------
+
+    def manifest(self, generations):
+        """The top-level names a chain of `generations` may write here."""
+        names = {LOCK_FILE, RUN_FILE, RESULTS_FILE, CONFIG_FILE, LOGS_DIR,
+                 *REPORT_FILES}
+        names |= {generation_dir_name(k) for k in range(generations + 1)}
+        names |= {f"worker-{k}" for k in range(1, self.workers)}
+        return sorted(names)
+
+    def read_run(self):
+        """`run.json` (format, configuration, manifest), or None."""
+        path = self.file(RUN_FILE)
+        if not os.path.exists(path):
+            return None
+        run = self._read(path)
+        if not isinstance(run, dict) or run.get("format") != FORMAT:
+            raise RunDirectoryError(
+                f"{path} was not written by this version of kdtrain "
+                f"(format {run.get('format') if isinstance(run, dict) else '?'}"
+                f", expected {FORMAT}). Nothing was changed; use {{directory}}.",
+                self.path,
+            )
+        return run
+
+    def claim(self, config, generations, overwrite=False):
+        """Makes the directory this chain's; returns whether it resumes.
+
+        A directory with this configuration is resumed. An empty one (or a
+        new one) is claimed: `run.json` records the configuration and the
+        manifest. A directory of another configuration is refused, or with
+        `overwrite` cleared of the files its manifest lists. Anything
+        kdtrain did not write is never touched. The lock must be held.
+
+        Raises:
+            ConfigurationMismatch: Another configuration, without overwrite.
+            RunDirectoryError: Files that are not kdtrain's.
+        """
+        self.remove_temporaries()
+        run = self.read_run()
+        if run is not None and run.get("config") == config:
+            return True
+        if run is None:
+            self.refuse_foreign()
+        elif not overwrite:
+            raise ConfigurationMismatch(
+                f"The directory {self.path} holds a chain made by a "
+                "different configuration:\n"
+                + "\n".join(describe_differences(run.get("config") or {},
+                                                 config))
+                + "\nNothing was changed. Use {directory}, or pass "
+                "{overwrite} to clear it and start afresh.",
+                self.path,
+            )
+        else:
+            self._clear(run)
+        files.write_json_atomically(self.file(RUN_FILE), {
+            "format": FORMAT,
+            "config": config,
+            "manifest": self.manifest(generations),
+        })
+        return False
+
+    def refuse_foreign(self):
+        """Refuses a directory that holds files but no kdtrain run.
+
+        Reads only: callers run it before taking the lock too, so that a
+        directory that is not kdtrain's is left exactly as it was.
+
+        Raises:
+            RunDirectoryError: Listing what kdtrain did not write.
+        """
+        if not os.path.isdir(self.path) or os.path.exists(
+            self.file(RUN_FILE)
+        ):
+            return
+        foreign = self._foreign(set())
+        if foreign:
+            raise RunDirectoryError(
+                f"The directory {self.path} holds files kdtrain did not "
+                f"write: {_listing(foreign)}. A run starts in an empty "
+                "directory (or resumes its own). Nothing was changed; "
+                "move them away or use {directory}.",
+                self.path,
+            )
+
+    def _foreign(self, manifest):
+        names = set(os.listdir(self.path)) - set(manifest) - {LOCK_FILE}
+        if self.workers > 1:
+            names = {n for n in names if not _WORKER.match(n)}
+        return {n for n in names if not files.is_temporary(n)}
+
+    def _clear(self, run):
+        manifest = set(run.get("manifest") or ())
+        foreign = self._foreign(manifest)
+        if foreign:
+            raise RunDirectoryError(
+                f"Overwriting {self.path} would remove only what kdtrain "
+                f"wrote there (listed in {RUN_FILE}), but it also holds "
+                f"{_listing(foreign)}. Nothing was changed; move those away "
+                "or use {directory}.",
+                self.path,
+            )
+        # run.json goes last: a crash midway leaves a run still known as
+        # kdtrain's, which the same command clears again.
+        for name in sorted(manifest - {LOCK_FILE, RUN_FILE}):
+            files.remove(self.file(name))
+
+    def remove_temporaries(self):
+        """Removes the temporary files a killed writer left behind."""
+        for root, folders, names in os.walk(self.path):
+            for name in folders + names:
+                if files.is_temporary(name):
+                    files.remove(os.path.join(root, name))
+            folders[:] = [f for f in folders if not files.is_temporary(f)]
+
+    # Finished generations ----------------------------------------------------
+
+    def _read(self, path):
+        try:
+            return files.read_json(path)
+        except files.DamagedFileError as error:
+            raise RunDirectoryError(
+                f"{error} Nothing was changed; restore the file, or use "
+                "{directory}.",
+                self.path,
+            ) from None
+
+    def read_record(self, generation):
+        """`gen-K/record.json`, or None when K has not finished."""
+        path = self.record_path(generation)
+        return self._read(path) if os.path.exists(path) else None
+
+    def finished_records(self, first, last, retrain_from=None):
+        """The records of the finished, current generations `first..last`.
+
+        Generation K counts when its record and its model file agree
+        (SHA-256) and its teacher is the finished generation that taught
+        it. A finished generation whose model is missing or changed, and
+        any generation taught by a model that is no longer there, is
+        refused, naming them, unless `retrain_from` discards it: then it
+        and every later generation are deleted and trained again.
+
+        Returns:
+            A dict from generation to its record.
+
+        Raises:
+            RunDirectoryError: Missing, changed or stale generations.
+        """
+        if retrain_from is not None:
+            self.discard_generations(retrain_from, last)
+        known = self._known_records(first, last)
+        records, problems = {}, []
+        for generation in range(first, last + 1):
+            record = known.get(generation)
+            if record is None:
+                continue
+            problem = self._model_problem(generation, record)
+            teacher = (record.get("taught_by") or {}).get("generation")
+            if problem is None and teacher is not None and teacher >= first:
+                taught = records.get(teacher)
+                if taught is None or taught.get("sha256") != (
+                    record["taught_by"].get("sha256")
+                ):
+                    problem = (
+                        f"{generation_dir_name(generation)} was taught by "
+                        f"{generation_dir_name(teacher)} as it was then, which "
+                        "is no longer on disk: its training is stale"
+                    )
+            if problem is None:
+                records[generation] = record
+            else:
+                problems.append((generation, problem))
+        if problems:
+            start = problems[0][0]
+            raise RunDirectoryError(
+                f"The run in {self.path} cannot be resumed as it is:\n"
+                + "\n".join(f"  {text}." for _, text in problems)
+                + "\nNothing was changed. To train generation "
+                f"{start} and every later one again, pass {{retrain_from}}.",
+                self.path,
+                generation=start,
+            )
+        return records
+
+    def _known_records(self, first, last):
+        """Records of gen-K/record.json, else of a finished results.json."""
+        results = self.read_results() or {}
+        by_name = {
+            record.get("generation"): record
+            for record in (results.get("generations") or {}).values()
+            if isinstance(record, dict)
+        }
+        known = {}
+        for generation in range(first, last + 1):
+            record = self.read_record(generation) or by_name.get(generation)
+            if record is not None:
+                known[generation] = record
+        return known
+
+    def _model_problem(self, generation, record):
+        path = self.model_path(generation)
+        name = self.relative(path)
+        if not os.path.exists(path):
+            return (f"{name} is missing, though generation {generation} "
+                    "finished")
+        actual = files.sha256_file(path)
+        if actual != record.get("sha256"):
+            return (f"{name} has changed since generation {generation} "
+                    f"finished (SHA-256 {actual[:12]}... on disk, "
+                    f"{str(record.get('sha256'))[:12]}... recorded)")
+        return None
+
+    def discard_generations(self, start, last):
+        """Deletes generations `start..last` and the results built on them."""
+        files.remove(self.results_path)
+        for generation in range(start, last + 1):
+            files.remove(self.generation_dir(generation))
+
+    def load_model(self, generation, record):
+        """Loads a finished generation's model, checked against its record.
+
+        Raises:
+            RunDirectoryError: The file changed, or cannot be loaded in
+                safe mode.
+        """
+        path = self.model_path(generation)
+        problem = self._model_problem(generation, record)
+        if problem is not None:
+            raise RunDirectoryError(
+                f"{problem}. Nothing was changed. To train it and every "
+                "later generation again, pass {retrain_from}.",
+                self.path,
+                generation=generation,
+            )
+        try:
+            return files.load_model_file(path)
+        except ValueError as error:
+            raise RunDirectoryError(
+                f"{error} To train it and every later generation again, "
+                "pass {retrain_from}.",
+                self.path,
+                generation=generation,
+            ) from None
+
+    def commit_generation(self, generation, model, record):
+        """Saves a finished generation: its model, then its record.
+
+        The model goes first, so a record always describes a complete file;
+        the record (with the file's SHA-256) makes the generation finished.
+        Its backups and cache go last.
+
+        Returns:
+            The record as written.
+        """
+        name = generation_dir_name(generation)
+        os.makedirs(self.generation_dir(generation), exist_ok=True)
+        path = self.model_path(generation)
+        files.save_model_atomically(model, path, fault=f"{name}/model.save")
+        fault_point(f"{name}/model.saved")
+        record = {**record, "generation": int(generation),
+                  "path": self.relative(path),
+                  "sha256": files.sha256_file(path)}
+        files.write_json_atomically(self.record_path(generation), record)
+        fault_point(f"{name}/record.written")
+        files.remove(self.backup_dir(generation))
+        files.remove(self.cache_dir(generation))
+        return record
+
+    # Results -----------------------------------------------------------------
+
+    def read_results(self):
+        """`results.json`, or None when the chain has not finished."""
+        path = self.results_path
+        return self._read(path) if os.path.exists(path) else None
+
+    def write_results(self, results):
+        """Writes a finished chain's results (never an unfinished version)."""
+        if not results.get("complete"):
+            raise ValueError("results.json is written only once complete.")
+        if os.path.exists(self.results_path):
+            with open(self.results_path) as file:
+                if file.read() == files.to_json(results):
+                    return
+        files.write_json_atomically(
+            self.results_path, results, fault="results.write"
+        )
+
+    def write_config_text(self, text):
+        """Writes `config.toml` (the command line's settings)."""
+        files.write_text_atomically(self.config_path, text)

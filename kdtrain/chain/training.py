@@ -1,0 +1,325 @@
+"""Training one generation of a chain: its model, targets, callbacks and fit."""
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from kdtrain import faults
+from kdtrain.cache import CacheMismatch
+from kdtrain.cache import MEMORY_MAP_BYTES
+from kdtrain.cache import NonFiniteTeacherOutputs
+from kdtrain.cache import TeacherOutputCache
+from kdtrain.cache import array_dataset
+from kdtrain.cache import check_finite_outputs
+from kdtrain.cache import teacher_logits
+from kdtrain.cache import weights_fingerprint
+from kdtrain.chain.backup import GenerationBackup
+from kdtrain.chain.backup import stateful
+from kdtrain.chain.callbacks import DivergenceGuard
+from kdtrain.chain.callbacks import EpochRecord
+from kdtrain.chain.callbacks import EpochSeed
+from kdtrain.chain.callbacks import FaultPoints
+from kdtrain.chain.callbacks import copy_callbacks
+from kdtrain.chain.callbacks import finished_generations_message
+from kdtrain.chain.directory import generation_dir_name
+from kdtrain.chain.errors import TrainingDiverged
+from kdtrain.chain.errors import WorkerFailure
+from kdtrain.chain.generation import Generation
+from kdtrain.chain.models import compile_for_labels
+from kdtrain.chain.models import fresh_metrics
+from kdtrain.chain.models import make_optimizer
+from kdtrain.chain.results import model_label
+from kdtrain.chain.results import model_name
+from kdtrain.distiller import Distiller
+from kdtrain.distribute import is_multi_worker
+from kdtrain.outputs import resolve_output_kind
+from kdtrain.outputs import to_logits
+
+# What TensorFlow raises when a collective loses a peer.
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+    tf.errors.InternalError,
+)
+
+
+class GenerationTrainer:
+    """Trains the generations of one run of a chain.
+
+    Args:
+        runner: The `GenerationRunner` (its settings).
+        plan: The run's `ChainPlan`.
+        factory: The run's `ModelFactory`.
+        directory: The `ChainDirectory`, or None.
+        epoch_seed: The int64 variable the runner's pipelines read.
+        monitors: The runner's TensorBoard and progress callbacks.
+        evaluation: The run's `ChainEvaluation`.
+    """
+
+    def __init__(self, runner, plan, factory, directory, epoch_seed,
+                 monitors, evaluation):
+        self.runner = runner
+        self.plan = plan
+        self.factory = factory
+        self.directory = directory
+        self.epoch_seed = epoch_seed
+        self.monitors = [m for m in monitors if m is not None]
+        self.evaluation = evaluation
+        self._arrays = None
+        self._cache = None
+
+    @property
+    def arrays(self):
+        """The training split as `TrainingArrays`, read once."""
+        if self._arrays is None:
+            self._arrays = self.plan.train.training_arrays()
+        return self._arrays
+
+    # One generation ----------------------------------------------------------
+
+    def train(self, index, generations):
+        """Trains generation `index` (resuming its backup), saves it.
+
+        Args:
+            index: The generation.
+            generations: The `Generation`s before it.
+
+        Returns:
+            The new `Generation`, committed to the directory.
+        """
+        runner, plan = self.runner, self.plan
+        if runner.seed is not None:
+            keras.utils.set_random_seed(runner.seed + index)
+        model = self.factory.fresh(index, plan.sample_x)
+        kind = resolve_output_kind(model, runner.student_outputs,
+                                   "student_outputs")
+        source = None if index == 0 else generations[
+            runner.teacher_index(index)
+        ]
+        was_trainable = None if source is None else source.model.trainable
+        if source is None:
+            compile_for_labels(model, kind, plan.label_format,
+                               make_optimizer(runner.optimizer),
+                               runner.metrics)
+            trainer, (data, own) = model, self._data(None, index)
+        else:
+            trainer = Distiller(model, source.model,
+                                teacher_outputs=source.output_kind,
+                                student_outputs=kind,
+                                strategy=runner.strategy)
+            data, own = self._data(source, index)
+            trainer.compile(
+                optimizer=make_optimizer(runner.optimizer),
+                distillation_loss=runner.distillation_loss,
+                feature_losses=runner.feature_losses,
+                ground_truth_weight=runner.ground_truth_weight,
+                metrics=fresh_metrics(runner.metrics),
+            )
+        try:
+            record = self._fit(index, trainer, data, own, source)
+        finally:
+            if source is not None:  # The Distiller froze it.
+                source.model.trainable = was_trainable
+        generation = Generation(index, model, kind, record)
+        record["evaluation"] = self.evaluation.model(generation)
+        record["taught_by"] = None if source is None else source.lineage
+        record["output_kind"] = kind
+        record["params"] = int(model.count_params())
+        if self.directory is not None:
+            generation.record = self.directory.commit_generation(
+                index, model, record
+            )
+        return Generation.from_record(index, model, kind, generation.record)
+
+    # Data -----------------------------------------------------------------------
+
+    def _data(self, source, index):
+        """`fit`'s data arguments for generation `index`, and whether they
+        are the runner's own pipeline (ordered by the epoch seed)."""
+        plan, runner = self.plan, self.runner
+        if source is not None and plan.cache:
+            arrays = self.arrays
+            cache = self._teacher_cache(source, index)
+            dataset = cache.dataset(arrays.x, arrays.y, arrays.sample_weight,
+                                    arrays.batch_size, plan.shuffle,
+                                    epoch_seed=self.epoch_seed)
+            return {"x": dataset}, True
+        if runner.deterministic:
+            arrays = self.arrays
+            return {"x": array_dataset(
+                arrays.x, arrays.y, arrays.sample_weight, arrays.batch_size,
+                plan.shuffle, epoch_seed=self.epoch_seed,
+            )}, True
+        if source is not None:
+            self._check_teacher(source, plan.sample_x)
+        return plan.train.fit_arguments(), False
+
+    def _teacher_cache(self, source, index):
+        """The teacher's outputs on the training arrays: reused, or computed."""
+        teacher, arrays = source.model, self.arrays
+        fingerprint = weights_fingerprint(teacher)
+        if self._cache is not None and self._cache.fingerprint == fingerprint:
+            return self._cache
+        folder = self.directory.cache_dir(index) if self.directory else None
+        cache = None
+        if folder and TeacherOutputCache.exists(folder):
+            cache = self._load_cache(folder, source)
+        name = generation_dir_name(index)
+        if cache is None:
+            self.runner.say(f"Caching the outputs of {source.label}")
+            cache = TeacherOutputCache.compute(
+                teacher, arrays.x, teacher_outputs=source.output_kind,
+                keys=arrays.keys, name=f"{source.name} ({source.label})",
+                fault=f"{name}/cache.compute",
+            )
+            if folder:
+                cache.save(folder, fault=f"{name}/cache.write")
+                if cache.nbytes > MEMORY_MAP_BYTES:
+                    cache = TeacherOutputCache.load(folder, memory_map=True)
+        self._cache = cache
+        return cache
+
+    def _load_cache(self, folder, source):
+        """A saved cache, checked; None (with a warning) when it is wrong."""
+        arrays = self.arrays
+        try:
+            cache = TeacherOutputCache.load(folder, teacher=source.model,
+                                            keys=arrays.keys)
+            cache.verify(source.model, arrays.x, source.output_kind,
+                         source=f"The cache in {folder}")
+            return cache
+        except CacheMismatch as error:
+            warnings.warn(f"{error} Computing it again.", stacklevel=2)
+            TeacherOutputCache.delete(folder)
+            return None
+
+    def _find_non_finite_outputs(self, source):
+        """Runs the teacher over the training inputs, batch by batch."""
+        start = 0
+        for index, batch in enumerate(self.plan.train.input_batches()):
+            outputs = source.model(batch, training=False)
+            logits = keras.ops.convert_to_numpy(
+                to_logits(outputs, source.output_kind)
+            )
+            check_finite_outputs(logits, start, index,
+                                 f"{source.name} ({source.label})")
+            start += len(logits)
+
+    @staticmethod
+    def _check_teacher(source, sample_x):
+        """Refuses an online teacher whose first outputs are not finite."""
+        teacher_logits(source.model, sample_x, teacher_outputs=(
+            source.output_kind), name=f"{source.name} ({source.label})")
+
+    # Fitting ----------------------------------------------------------------------
+
+    def _callbacks(self, index, trainer, record, own_pipeline):
+        """The chain's callbacks around the user's copies (backup last)."""
+        runner, name = self.runner, generation_dir_name(index)
+        path = self.directory.path if self.directory else None
+        internal = [DivergenceGuard(index, path)]
+        if own_pipeline or runner.deterministic:
+            random_objects = []
+            if runner.deterministic:
+                random_objects = [trainer, runner.distillation_loss]
+            internal.append(EpochSeed(self.epoch_seed, runner.base_seed,
+                                      index, random_objects))
+        internal.append(record)
+        if faults.enabled():
+            internal.append(FaultPoints(name))
+        user = copy_callbacks(self.plan.callbacks, index)
+        tail = []
+        if self.directory is not None:
+            tail.append(GenerationBackup(
+                self.directory.backup_dir(index),
+                stateful_objects=[record, *stateful(user)],
+                label=f"generation {index} ({model_label(index)})",
+                fault_prefix=name,
+            ))
+        return internal + self.monitors + user + tail
+
+    def _fit_arguments(self, data, own_pipeline):
+        plan, runner = self.plan, self.runner
+        arguments = dict(plan.fit_kwargs)
+        if own_pipeline:
+            arguments["shuffle"] = False  # Ordered by the epoch seed.
+        elif "y" not in data:
+            arguments.setdefault("shuffle", False)  # Datasets shuffle themselves.
+        if runner.has_progress:
+            arguments["verbose"] = 0
+        else:
+            arguments.setdefault("verbose", runner.verbose)
+        validation = plan.validation
+        if validation is not None:
+            arguments["validation_data"] = validation.data
+            if validation.kind == "arrays" and validation.batch_size:
+                arguments.setdefault("validation_batch_size",
+                                     validation.batch_size)
+        return arguments
+
+    def _fit(self, index, trainer, data, own_pipeline, source):
+        plan = self.plan
+        record = EpochRecord()
+        arguments = self._fit_arguments(data, own_pipeline)
+        epochs = plan.epochs if index else (plan.teacher_epochs or plan.epochs)
+        callbacks = self._callbacks(index, trainer, record, own_pipeline)
+        self.runner.say(f"Training {model_label(index)} ({model_name(index)})")
+        try:
+            trainer.fit(**data, epochs=epochs, callbacks=callbacks, **arguments)
+        except BaseException as error:
+            self._stop_monitors()
+            failure = self._explain(index, error, source)
+            if failure is error:
+                raise
+            raise failure from error
+        return {
+            "history": record.history(),
+            "epochs": len(record.entries),
+            "wall_time": record.elapsed(),
+        }
+
+    def _stop_monitors(self):
+        for monitor in self.monitors:
+            try:
+                monitor.on_train_end({})
+            except Exception:  # noqa: BLE001 - cleanup only
+                pass
+
+    def _explain(self, index, error, source):
+        """The error to raise for a failed `fit`: clearer where possible."""
+        strategy = self.runner.strategy or tf.distribute.get_strategy()
+        if isinstance(error, _PEER_ERRORS) and is_multi_worker(strategy):
+            return self._worker_failure(index, error)
+        if isinstance(error, TrainingDiverged) and source is not None and (
+            not self.plan.cache
+        ):
+            # An online teacher with NaN outputs makes the loss NaN: name it.
+            try:
+                self._find_non_finite_outputs(source)
+            except NonFiniteTeacherOutputs as found:
+                return found
+        return error
+
+    def _worker_failure(self, index, error):
+        lines = [
+            line.strip() for line in str(error).splitlines()
+            if line.strip() and not line.strip().endswith(":")
+            and not line.strip().startswith(("File ", "Detected at", "[["))
+        ]
+        detail = lines[-1][:300] if lines else "no detail"
+        path = self.directory.path if self.directory else None
+        saved = (
+            f" {finished_generations_message(path)} Starting every worker "
+            f"again resumes {model_name(index)} from its last finished epoch."
+            if path else ""
+        )
+        return WorkerFailure(
+            f"Generation {index} ({model_label(index)}) stopped: "
+            "multi-worker training lost contact with another worker "
+            f"({type(error).__name__}: {detail}).{saved}",
+            generation=index,
+            directory=path,
+        )

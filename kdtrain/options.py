@@ -1,0 +1,450 @@
+"""The command line's options: flags, config files, settings, usage errors.
+
+Everything here runs before TensorFlow is imported: parsing and checking a
+command line answers at once. `parse` returns the command and a frozen
+`Settings` (defaults, overridden by the config file, overridden by flags).
+
+Exit codes: 0 done; 2 bad usage or configuration; 1 a failure during
+training; 130 interrupted (finished generations are kept).
+"""
+
+import argparse
+import dataclasses
+import difflib
+import math
+import os
+import sys
+import tomllib
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+CONFIG_FILE = "config.toml"
+
+
+class UsageError(Exception):
+    """Bad usage or configuration: exit code 2, nothing trained."""
+
+
+# Options ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: a `--flag` and the same `key` in a config file."""
+
+    key: str
+    type: type
+    default: object
+    help: str
+    commands: tuple = ("ban", "distill")
+    choices: tuple = None
+    minimum: float = None
+    maximum: float = None
+    exclusive_minimum: bool = False
+    optional: bool = False  # None is a valid value ("not set")
+
+    @property
+    def flag(self):
+        return "--" + self.key.replace("_", "-")
+
+
+def _options():
+    data, train = ("ban", "distill"), ("ban", "distill")
+    return [
+        # Data
+        Option("dataset", str, "digits", "dataset name", data,
+               choices=("digits", "fashion_mnist", "cifar10", "cifar100",
+                        "image_folder")),
+        Option("data_dir", str, None, "folder of the dataset's files (the "
+               "class folders' root for image_folder)", data, optional=True),
+        Option("image_size", int, None, "resize image_folder images to this "
+               "square size", data, minimum=8, optional=True),
+        Option("num_classes", int, None, "classes of an image_folder dataset, "
+               "for --dry-run without the files", data, minimum=2,
+               optional=True),
+        Option("batch_size", int, 32, "batch size", data, minimum=1),
+        Option("validation_split", float, 0.1, "fraction of the training data "
+               "held out for validation (when the dataset has no own split)",
+               data, minimum=0.0, maximum=0.9),
+        Option("train_size", int, None, "use this many training images "
+               "(a fixed random subset)", data, minimum=1, optional=True),
+        Option("test_size", int, None, "use this many test images",
+               data, minimum=1, optional=True),
+        Option("augment", str, "none", "augmentation preset", data,
+               choices=("none", "cifar", "mnist", "skin_cancer")),
+        Option("scaling", str, "rescale", "pixel scaling", data,
+               choices=("rescale", "normalize", "none")),
+        # Models
+        Option("output", str, "logits", "the models' head: logits, or a "
+               "softmax / sigmoid (one unit, binary data) on top", train,
+               choices=("logits", "softmax", "sigmoid")),
+        Option("model", str, "wrn-16-1", "architecture of the generations "
+               "(ban) or of the student (distill): wrn-<depth>-<width> or a "
+               "keras.applications name", train),
+        Option("dropout", float, 0.0, "dropout inside Wide ResNet blocks",
+               train, minimum=0.0, maximum=0.9),
+        Option("teacher_model", str, "mobilenet_v2", "architecture of the "
+               "teacher trained first", ("distill",)),
+        Option("teacher", str, None, "a trained teacher .keras file "
+               "(skips training a teacher)", train, optional=True),
+        # Training
+        Option("generations", int, 3, "Born-Again generations after the "
+               "teacher", ("ban",), minimum=1),
+        Option("epochs", int, 10, "epochs per generation", train, minimum=1),
+        Option("teacher_epochs", int, None, "epochs of the teacher (default: "
+               "--epochs)", train, minimum=1, optional=True),
+        Option("loss", str, "soft_targets", "distillation loss on the "
+               "outputs (none: only feature losses and the labels)", train,
+               choices=("soft_targets", "kl", "logits_mse", "cwtm", "dkpp",
+                        "none")),
+        Option("temperature", float, None, "softening temperature of the "
+               "loss (default: the loss's own)", train, minimum=0.0,
+               exclusive_minimum=True, optional=True),
+        Option("ground_truth_weight", float, 0.0, "w in (1-w)*distillation "
+               "+ w*crossentropy", train, minimum=0.0, maximum=1.0),
+        Option("attention_transfer", str, None, "comma-separated layers "
+               "whose attention maps the student matches (e.g. "
+               "group_1,group_2,group_3; student:teacher for different "
+               "names)", train, optional=True),
+        Option("attention_weight", float, 1000.0, "weight of the attention "
+               "transfer loss", train, minimum=0.0, exclusive_minimum=True),
+        Option("teach_from", str, "previous", "who teaches each generation",
+               ("ban",), choices=("previous", "teacher")),
+        Option("optimizer", str, "adam", "Keras optimizer name", train),
+        Option("learning_rate", float, None, "learning rate (default: the "
+               "optimizer's own)", train, minimum=0.0, exclusive_minimum=True,
+               optional=True),
+        Option("early_stopping_patience", int, None, "stop a generation after "
+               "this many epochs without improvement of the validation loss, "
+               "restoring its best weights", train, minimum=1, optional=True),
+        Option("seed", int, 0, "random seed", train, minimum=0),
+        Option("cache_teacher", str, "auto", "compute each teacher's outputs "
+               "once per generation instead of on every batch (auto: when "
+               "the training data are not augmented)", train,
+               choices=("auto", "on", "off")),
+        Option("distribute", str, "none", "tf.distribute strategy: mirrored "
+               "(the GPUs of one machine) or multi_worker (a cluster "
+               "described by TF_CONFIG)", train,
+               choices=("none", "mirrored", "multi_worker")),
+        Option("deterministic", bool, False, "make a resumed run give exactly "
+               "the uninterrupted run's results (op determinism; epoch order "
+               "and random draws from seed, generation and epoch)", train),
+        # Output
+        Option("directory", str, None, "where checkpoints, logs and results "
+               "go (default: runs/<command>-<dataset>-<model>)", train,
+               optional=True),
+        Option("overwrite", bool, False, "replace a run of another "
+               "configuration in --directory (removes only kdtrain's own "
+               "files there)", train),
+        Option("retrain_from", int, None, "discard generation K and every "
+               "later one of the run in --directory and train them again",
+               train, minimum=0, optional=True),
+        Option("tensorboard", bool, True, "write TensorBoard logs", train),
+        Option("progress", bool, True, "show tqdm progress bars", train),
+    ]
+
+
+OPTIONS = _options()
+
+
+def options_for(command):
+    return [o for o in OPTIONS if command in o.commands]
+
+
+def _closest(word, candidates):
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+# Parsing ------------------------------------------------------------------
+
+
+def _help_text(option):
+    default = option.default
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    text = option.help
+    if option.choices:
+        text += f"; one of: {', '.join(option.choices)}"
+    return f"{text} (default: {default})"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="kdtrain",
+        description="Knowledge distillation and Born-Again Networks for "
+        "Keras. Every option can also be set in a TOML file (--config), "
+        "under the option's name with underscores; flags override the file.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    descriptions = {
+        "ban": "Train a teacher, then Born-Again generations, then "
+        "ensembles; print the table.",
+        "distill": "Distill one teacher into a student of another "
+        "architecture.",
+    }
+    for command, description in descriptions.items():
+        sub = subparsers.add_parser(command, help=description,
+                                    description=description,
+                                    argument_default=argparse.SUPPRESS)
+        sub.add_argument("--config", metavar="FILE.toml",
+                         help="read options from a TOML file")
+        sub.add_argument("--dry-run", action="store_true",
+                         help="validate the configuration, build the models "
+                         "and describe the data pipeline; train nothing")
+        for option in options_for(command):
+            if option.type is bool:
+                sub.add_argument(option.flag, dest=option.key,
+                                 action=argparse.BooleanOptionalAction,
+                                 help=_help_text(option))
+            else:
+                sub.add_argument(option.flag, dest=option.key, type=str,
+                                 metavar=option.key.upper(),
+                                 help=_help_text(option))
+    for command, description in (
+        ("evaluate", "Evaluate every model and ensemble of a run on its test "
+         "split; print the table."),
+        ("report", "Write the run's table as Markdown and a PNG plot of "
+         "accuracy and loss per generation (needs matplotlib)."),
+    ):
+        sub = subparsers.add_parser(command, help=description,
+                                    description=description)
+        sub.add_argument("directory", help="the run's directory")
+    return parser
+
+
+def _convert(option, value, source):
+    """Converts a flag string or TOML value to the option's type."""
+    where = f"{option.flag}" if source == "flag" else f"{option.key!r} in {source}"
+    if value is None or (isinstance(value, str) and value.lower() == "none"
+                         and option.optional):
+        if option.optional:
+            return None
+        raise UsageError(f"{where} needs a value.")
+    try:
+        if option.type is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+        elif option.type is int:
+            if isinstance(value, bool) or (
+                isinstance(value, float) and not value.is_integer()
+            ):
+                raise TypeError
+            value = int(value)
+        elif option.type is float:
+            if isinstance(value, bool):
+                raise TypeError
+            value = float(value)
+        elif not isinstance(value, str):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"{where} must be {option.type.__name__}. Received: {value!r}"
+        ) from None
+    _check_range(option, value, where)
+    return value
+
+
+def _check_range(option, value, where):
+    if option.choices and value not in option.choices:
+        raise UsageError(
+            f"{where} must be one of {', '.join(option.choices)}. "
+            f"Received: {value!r}.{_closest(str(value), option.choices)}"
+        )
+    if option.type in (int, float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{where} must be finite. Received: {value!r}")
+        low, high = option.minimum, option.maximum
+        if low is not None and (
+            value < low or (option.exclusive_minimum and value == low)
+        ):
+            bound = f"> {low}" if option.exclusive_minimum else f">= {low}"
+            raise UsageError(f"{where} must be {bound}. Received: {value!r}")
+        if high is not None and value > high:
+            raise UsageError(f"{where} must be <= {high}. Received: {value!r}")
+
+
+def read_config(path, command):
+    """Reads a TOML config file into validated option values."""
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+    except FileNotFoundError:
+        raise UsageError(f"Config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"Config file {path} is not valid TOML: {error}") from None
+    written_for = raw.pop("command", command)
+    if written_for != command:
+        raise UsageError(
+            f"{path} is a config for `kdtrain {written_for}`, not "
+            f"`kdtrain {command}`."
+        )
+    known = {o.key: o for o in options_for(command)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise UsageError(
+                f"Unknown key {key!r} in {path}.{_closest(key, list(known))} "
+                f"Valid keys for `kdtrain {command}`: {', '.join(known)}."
+            )
+        values[key] = _convert(known[key], value, path)
+    return values
+
+
+# Settings ---------------------------------------------------------------------
+
+# Settings that change how a run is watched or where it goes, not what it
+# computes: a resumed run may change them.
+NOT_IDENTITY = ("directory", "overwrite", "retrain_from", "tensorboard",
+                "progress")
+
+
+def _settings_class():
+    fields = [("command", str, dataclasses.field(default="ban")),
+              ("dry_run", bool, dataclasses.field(default=False))]
+    fields += [(o.key, object, dataclasses.field(default=o.default))
+               for o in OPTIONS]
+    namespace = {
+        "__doc__": "A command's settings: one field per option (`OPTIONS`), "
+                   "plus `command` and `dry_run`. Frozen: derive changed "
+                   "settings with `dataclasses.replace`.",
+        "identity": lambda self: {
+            o.key: getattr(self, o.key) for o in options_for(self.command)
+            if o.key not in NOT_IDENTITY
+        },
+    }
+    return dataclasses.make_dataclass("Settings", fields, frozen=True,
+                                      namespace=namespace)
+
+
+Settings = _settings_class()
+
+
+def parse(argv):
+    """Parses the command line into `(command, Settings)`.
+
+    Settings are the defaults, overridden by the config file, overridden by
+    the flags.
+
+    Raises:
+        UsageError: Unknown flags or keys, bad values or combinations.
+    """
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        raise UsageError("Name a command: ban, distill, evaluate or report.")
+    if unknown:
+        flags = []
+        if args.command in ("ban", "distill"):
+            flags = ["--config", "--dry-run"] + [
+                o.flag for o in options_for(args.command)
+            ]
+        word = unknown[0].split("=")[0]
+        raise UsageError(
+            f"Unknown argument {unknown[0]!r} for `kdtrain {args.command}`."
+            f"{_closest(word, flags)}"
+            + (f" Valid options: {', '.join(flags)}." if flags else "")
+        )
+    if args.command in ("evaluate", "report"):
+        return args.command, Settings(command=args.command,
+                                      directory=args.directory)
+    values = {o.key: o.default for o in options_for(args.command)}
+    if getattr(args, "config", None):
+        values.update(read_config(args.config, args.command))
+    for option in options_for(args.command):
+        if hasattr(args, option.key):
+            values[option.key] = _convert(
+                option, getattr(args, option.key), "flag"
+            )
+    _check_combinations(args.command, values)
+    return args.command, Settings(command=args.command,
+                                  dry_run=getattr(args, "dry_run", False),
+                                  **values)
+
+
+def _check_combinations(command, values):
+    if values["dataset"] == "image_folder" and not values["data_dir"]:
+        raise UsageError(
+            "--dataset image_folder needs --data-dir: the folder of class "
+            "sub-folders (or of train/ and test/ folders)."
+        )
+    if values["loss"] in ("logits_mse", "none") and (
+        values["temperature"] is not None
+    ):
+        raise UsageError(
+            f"--loss {values['loss']} has no temperature; drop --temperature."
+        )
+    if values["loss"] == "none" and not values["attention_transfer"]:
+        raise UsageError(
+            "--loss none switches the output distillation off; it needs a "
+            "feature loss such as --attention-transfer group_1,group_2."
+        )
+    first = 1 if values["teacher"] else 0
+    last = values.get("generations", 1)
+    if values["retrain_from"] is not None and not (
+        first <= values["retrain_from"] <= last
+    ):
+        raise UsageError(
+            f"--retrain-from must name a generation from {first} to {last}. "
+            f"Received: {values['retrain_from']}"
+        )
+    if values["directory"] is None:
+        values["directory"] = os.path.join(
+            "runs", f"{command}-{values['dataset']}-{values['model']}"
+        )
+
+
+# The settings file of a run -------------------------------------------------
+
+
+def config_text(settings):
+    """`settings` as the TOML text of `DIRECTORY/config.toml`."""
+    lines = [f"# kdtrain {settings.command}: the settings of this run.",
+             f"# Rerun with: kdtrain {settings.command} --config "
+             f"{os.path.join(settings.directory, CONFIG_FILE)}",
+             f"command = {_toml_value(settings.command)}"]
+    for option in options_for(settings.command):
+        value = getattr(settings, option.key)
+        if value is None or option.key in ("overwrite", "retrain_from"):
+            continue
+        lines.append(f"{option.key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def read_run_config(directory):
+    """The `Settings` a run recorded in `DIRECTORY/config.toml`.
+
+    Raises:
+        UsageError: No such file, or a damaged one (naming it).
+    """
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isdir(directory):
+        raise UsageError(f"{directory}: no such directory.")
+    if not os.path.exists(path):
+        raise UsageError(
+            f"{directory} holds no kdtrain run (no {CONFIG_FILE}). Run "
+            "`kdtrain ban --directory ...` first."
+        )
+    try:
+        with open(path, "rb") as file:
+            command = tomllib.load(file).get("command", "ban")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(
+            f"{path} is damaged: it is not valid TOML ({error})."
+        ) from None
+    values = {o.key: o.default for o in options_for(command)}
+    values.update(read_config(path, command))
+    values["directory"] = os.fspath(directory)
+    return Settings(command=command, **values)
