@@ -18,23 +18,17 @@ Targets: kdtrain fit <= 1.0x keras.distillation's fit; kdtrain evaluate
 """
 
 import argparse
-import os
-import pathlib
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from timing import interleaved
+from timing import print_report
+from timing import ratio_rows
 
-import keras  # noqa: E402
-from keras import distillation as keras_distillation  # noqa: E402
+import keras
+from keras import distillation as keras_distillation
 
-import kdtrain  # noqa: E402
-from kdtrain import data as kdata  # noqa: E402
-from kdtrain import models  # noqa: E402
-from timing import interleaved  # noqa: E402
-from timing import print_report  # noqa: E402
-from timing import ratio_rows  # noqa: E402
+import kdtrain
+from kdtrain import data as kdata
+from kdtrain import models
 
 
 def load(samples, batch_size):

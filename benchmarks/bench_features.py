@@ -9,24 +9,17 @@ attention transfer at the three group outputs. Target: <= 1.15.
     python benchmarks/bench_features.py --quick    # 512 samples
 """
 
-import os
-import pathlib
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from timing import interleaved
+from timing import print_report
+from timing import ratio_rows
 
-from bench_distiller import arguments  # noqa: E402
-from bench_distiller import builder  # noqa: E402
-from bench_distiller import load  # noqa: E402
+from bench_distiller import arguments
+from bench_distiller import builder
+from bench_distiller import load
 
-import kdtrain  # noqa: E402
-from kdtrain import losses  # noqa: E402
-from timing import interleaved  # noqa: E402
-from timing import print_report  # noqa: E402
-from timing import ratio_rows  # noqa: E402
+import kdtrain
+from kdtrain import losses
 
 GROUPS = ["group_1", "group_2", "group_3"]
 

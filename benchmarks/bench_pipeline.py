@@ -22,20 +22,17 @@ import json
 import os
 import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
+import keras
 
-from kdtrain import data  # noqa: E402
-from kdtrain import models  # noqa: E402
+from kdtrain import data
+from kdtrain import models
 
 
 def timed(fn):

@@ -19,30 +19,25 @@ teacher and student and Fashion-MNIST (digits where it is absent):
 
 import json
 import os
-import pathlib
 import resource
 import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from timing import interleaved
+from timing import print_report
+from timing import ratio_rows
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from bench_distiller import arguments  # noqa: E402
-from bench_distiller import builder  # noqa: E402
-from bench_distiller import keras_distiller  # noqa: E402
-from bench_distiller import load  # noqa: E402
+import keras
+import tensorflow as tf
+from bench_distiller import arguments
+from bench_distiller import builder
+from bench_distiller import keras_distiller
+from bench_distiller import load
 
-import kdtrain  # noqa: E402
-from kdtrain.cache import TeacherOutputCache  # noqa: E402
-from kdtrain.cache import materialize  # noqa: E402
-from timing import interleaved  # noqa: E402
-from timing import print_report  # noqa: E402
-from timing import ratio_rows  # noqa: E402
+import kdtrain
+from kdtrain.cache import TeacherOutputCache
+from kdtrain.cache import materialize
 
 CROSSENTROPY = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

@@ -4,10 +4,18 @@ Every case runs once per round, in an order that rotates from round to round,
 so slow periods of the machine hit all cases alike; the figures are medians
 over the rounds. CPU time (`time.process_time()`, all threads of the process)
 is reported beside wall time: its ratios repeat far better on shared hosts.
+
+Run the benchmarks as scripts (`python benchmarks/bench_speed.py`) with
+kdtrain installed (`pip install -e .`): the script's folder is on the path,
+so they import this module and each other directly.
 """
 
+import os
 import statistics
 import time
+
+# Imported before TensorFlow by every benchmark: its start-up noise off.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def measure(function):

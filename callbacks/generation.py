@@ -3,6 +3,11 @@
 import keras
 
 
+def generation_name(generation):
+    """`"gen-K"`: generation K's folder in a run and its TensorBoard run."""
+    return f"gen-{int(generation)}"
+
+
 class GenerationCallback(keras.callbacks.Callback):
     """Base class of callbacks that follow a whole chain of generations.
 

@@ -7,11 +7,7 @@ import keras
 import numpy as np
 
 from callbacks.generation import GenerationCallback
-
-
-def generation_name(generation):
-    """`"gen-K"`, the name of generation `K` on disk and in TensorBoard."""
-    return f"gen-{int(generation)}"
+from callbacks.generation import generation_name
 
 
 def _hparam_value(value):

@@ -63,11 +63,9 @@ def run(command, settings, argv):
     except Exception as error:  # noqa: BLE001 - any failure while training
         if interrupted:
             return _interrupted(settings, resume)
-        _error(
-            f"training failed: {type(error).__name__}: {error}\n"
-            f"Finished generations are kept in {settings.directory}; "
-            f"after fixing the cause, resume with: {resume}"
-        )
+        _error(f"training failed: {type(error).__name__}: {error}\n"
+               + _kept(settings, f"after fixing the cause, resume with: "
+                                 f"{resume}"))
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return _interrupted(settings, resume)
@@ -75,11 +73,12 @@ def run(command, settings, argv):
         signal.signal(signal.SIGINT, previous)
 
 
+def _kept(settings, then):
+    return f"Finished generations are kept in {settings.directory}; {then}"
+
+
 def _interrupted(settings, resume):
-    _error(
-        "interrupted. Finished generations are kept in "
-        f"{settings.directory}; resume with: {resume}"
-    )
+    _error("interrupted. " + _kept(settings, f"resume with: {resume}"))
     return EXIT_INTERRUPTED
 
 

@@ -1,96 +1,27 @@
 """The Distiller: a `keras.Model` that trains a student on a frozen teacher."""
 
 import contextlib
-import math
 
 import keras
 import tensorflow as tf
 from keras import ops
 
 from kdtrain import losses as losses_module
-from kdtrain.cache import unpack_inputs
+from kdtrain import validation
+from kdtrain.losses.reduction import per_sample
+from kdtrain.losses.reduction import weighted_mean
+from kdtrain.pipelines import unpack_inputs
 from kdtrain.distribute import check_strategy
 from kdtrain.distribute import support_multi_worker
-from kdtrain.features import plan_feature_losses
+from kdtrain.features import feature_loss
+from kdtrain.features import prepare_feature_losses
+from kdtrain.outputs import label_crossentropy
 from kdtrain.outputs import label_format
+from kdtrain.outputs import labels_as_distribution
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import static_output_shape
 from kdtrain.outputs import to_logits
 from kdtrain.outputs import to_probabilities
-
-
-def validate_ground_truth_weight(weight):
-    """Returns `weight` as a float, or raises if it is not in [0, 1]."""
-    if (
-        isinstance(weight, bool)
-        or not isinstance(weight, (int, float))
-        or not math.isfinite(weight)
-        or not 0.0 <= weight <= 1.0
-    ):
-        raise ValueError(
-            "`ground_truth_weight` must be a finite number in [0, 1]. "
-            f"Received: ground_truth_weight={weight!r}"
-        )
-    return float(weight)
-
-
-def _check_models(student, teacher):
-    for argument, model in (("student", student), ("teacher", teacher)):
-        if not isinstance(model, keras.Model):
-            raise ValueError(
-                f"`{argument}` must be a keras.Model. "
-                f"Received: {argument}={model!r}"
-            )
-    if student is teacher:
-        raise ValueError(
-            "The student and the teacher are the same object: training the "
-            "student would change its own teacher. Build a fresh student "
-            f"(e.g. keras.models.clone_model). Received: model {student.name!r}"
-            " as both."
-        )
-    if not teacher.built:
-        raise ValueError(
-            f"The teacher {teacher.name!r} is not built, so it has no trained "
-            "weights. Train it (or load a trained model) before distilling."
-        )
-    teacher_variables = {id(v) for v in teacher.weights}
-    shared = [v.path for v in student.weights if id(v) in teacher_variables]
-    if shared:
-        raise ValueError(
-            "The student shares weights with the teacher, so training it "
-            f"would change the teacher: {', '.join(shared[:5])}. Build the "
-            "student from fresh layers."
-        )
-
-
-def _check_output_shapes(teacher_shape, student_shape):
-    if teacher_shape is None or student_shape is None:
-        return
-    teacher_shape, student_shape = tuple(teacher_shape), tuple(student_shape)
-    if teacher_shape != student_shape:
-        raise ValueError(
-            "The teacher's and the student's outputs must have the same "
-            f"shape. Received: teacher output shape={teacher_shape}, student "
-            f"output shape={student_shape}"
-        )
-
-
-def _per_sample(values):
-    """Averages any axes after the batch axis: one loss value per sample."""
-    values = ops.cast(values, "float32")
-    if len(values.shape) > 1:
-        values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
-    return values
-
-
-def weighted_mean(values, sample_weight=None):
-    """Keras' "sum_over_batch_size" reduction: sum(values * w) / batch size."""
-    values = _per_sample(values)
-    if sample_weight is not None:
-        weight = ops.reshape(ops.cast(sample_weight, values.dtype), (-1,))
-        values = values * weight
-    batch_size = ops.cast(ops.shape(values)[0], values.dtype)
-    return ops.divide_no_nan(ops.sum(values), batch_size)
 
 
 def num_replicas():
@@ -167,7 +98,7 @@ class Distiller(keras.Model):
         name="distiller",
         **kwargs,
     ):
-        _check_models(student, teacher)
+        validation.distillation_pair(student, teacher)
         strategy = check_strategy(strategy, student)
         teacher_kind = resolve_output_kind(
             teacher, teacher_outputs, "teacher_outputs"
@@ -175,14 +106,15 @@ class Distiller(keras.Model):
         student_kind = resolve_output_kind(
             student, student_outputs, "student_outputs"
         )
-        _check_output_shapes(
-            static_output_shape(teacher), static_output_shape(student)
-        )
+        shapes = (static_output_shape(teacher), static_output_shape(student))
+        validation.same_output_shapes(*shapes)
         with strategy.scope() if strategy else contextlib.nullcontext():
             self._init(student, teacher, teacher_kind, student_kind, name,
                        kwargs)
         if strategy is not None:
             self._distribute_strategy = strategy
+        # Subclassed models show their output shapes only when traced.
+        self._shapes_known = None not in shapes
         self._output_kind_arguments = {
             "teacher_outputs": teacher_outputs,
             "student_outputs": student_outputs,
@@ -260,7 +192,7 @@ class Distiller(keras.Model):
             None if distillation_loss is None
             else losses_module.get(distillation_loss)
         )
-        self.ground_truth_weight = validate_ground_truth_weight(
+        self.ground_truth_weight = validation.ground_truth_weight(
             ground_truth_weight
         )
         self._set_feature_losses(feature_losses)
@@ -308,131 +240,81 @@ class Distiller(keras.Model):
 
     def _set_feature_losses(self, feature_losses):
         """Checks the feature losses' layers; builds extractors and adapters."""
-        feature_losses = list(feature_losses or ())
-        for loss in feature_losses:
-            if not isinstance(loss, losses_module.FeatureLoss):
-                raise ValueError(
-                    "`feature_losses` takes kdtrain.losses.FeatureLoss "
-                    "instances (AttentionTransfer, HintLoss). "
-                    f"Received: {loss!r}"
-                )
-        self.feature_losses = feature_losses
-        self.feature_loss_trackers = [
-            keras.metrics.Mean(name=loss.name) for loss in feature_losses
-        ]
-        self.hint_adapters = []
-        self.__dict__["_feature_models"] = None
-        if not feature_losses:
-            return
-        models, student_names, teacher_names, needed = plan_feature_losses(
-            self.student, self.teacher, feature_losses
+        self.feature_losses = list(feature_losses or ())
+        trackers, adapters, extractors = prepare_feature_losses(
+            self.student, self.teacher, self.feature_losses
         )
-        adapters = []
-        for loss, pair, student_shape, teacher_shape in needed:
-            adapter = loss.adapter(
-                student_shape, teacher_shape,
-                f"{loss.name}_adapter_{pair[0]}_to_{pair[1]}",
-            )
-            adapter.build(student_shape)
-            adapters.append(adapter)
+        self.feature_loss_trackers = trackers
         self.hint_adapters = adapters
         # Kept out of Keras' tracking: the extractors share the models'
         # layers, which the Distiller already tracks.
-        self.__dict__["_feature_models"] = (
-            models, student_names, teacher_names
-        )
-
-    def _feature_loss(self, teacher_features, student_features,
-                      sample_weight):
-        """Weighted sum of the feature losses; updates their trackers."""
-        _, student_names, teacher_names = self._feature_models
-        teacher = dict(zip(teacher_names, teacher_features))
-        student = dict(zip(student_names, student_features))
-        adapters = iter(self.hint_adapters)
-        total = 0.0
-        for loss, tracker in zip(self.feature_losses,
-                                 self.feature_loss_trackers):
-            values = 0.0
-            for student_layer, teacher_layer in loss.layers:
-                features = student[student_layer]
-                if loss.needs_adapter:
-                    features = next(adapters)(features)
-                values = values + _per_sample(
-                    loss.call(teacher[teacher_layer], features)
-                )
-            value = weighted_mean(values, sample_weight)
-            tracker.update_state(value, sample_weight=ops.shape(values)[0])
-            total = total + loss.weight * value
-        return total
+        self.__dict__["_feature_models"] = extractors
 
     def call(self, inputs, training=None):
         return self.student(unpack_inputs(inputs)[0], training=training)
 
-    # Outputs as logits --------------------------------------------------
+    # Targets and outputs ------------------------------------------------
 
     def teacher_logits(self, x):
         """The teacher's outputs on `x` as float32 logits (inference mode)."""
         outputs = self.teacher(x, training=False)
         return ops.stop_gradient(to_logits(outputs, self.teacher_outputs))
 
-    def _labels_as_distribution(self, y, classes):
-        """Labels as float rows of the logits' shape (one-hot, or 0/1)."""
-        fmt = label_format(y.shape, classes)
-        if fmt == "sparse":
-            y = ops.reshape(ops.cast(y, "int32"), (-1,))
-            return ops.one_hot(y, classes, dtype="float32")
-        return ops.reshape(ops.cast(y, "float32"), (-1, classes))
+    def teacher_targets(self, x, cached_logits=None):
+        """What the teacher gives a batch: `(logits, features or None)`.
+
+        The one place the targets come from: logits cached with the batch
+        (`kdtrain.cache`), or one inference-mode pass of the teacher
+        (through its feature extractor when there are feature losses).
+        """
+        if self._feature_models is not None:
+            outputs, *features = self._feature_models[0][1](x, training=False)
+            logits = to_logits(outputs, self.teacher_outputs)
+            return ops.stop_gradient(logits), features
+        if cached_logits is not None:
+            return ops.cast(cached_logits, "float32"), None
+        return self.teacher_logits(x), None
+
+    def _student_forward(self, x):
+        """One training-mode pass: `(outputs, features or None)`."""
+        if self._feature_models is not None:
+            outputs, *features = self._feature_models[0][0](x, training=True)
+            return outputs, features
+        return self.student(x, training=True), None
 
     # Losses ---------------------------------------------------------------
 
-    def _ground_truth_values(self, y, student_outputs):
-        """Per-sample loss of the student against the labels."""
+    def _ground_truth_values(self, y, student_outputs, student_logits, fmt):
+        """Per-sample loss of the student against labels of format `fmt`."""
         if self.ground_truth_loss is not None:
             loss = self.ground_truth_loss
             if isinstance(loss, keras.losses.Loss):
                 y_true = ops.convert_to_tensor(y, dtype=loss.dtype)
                 y_pred = ops.convert_to_tensor(student_outputs, loss.dtype)
-                return _per_sample(loss.call(y_true, y_pred))
-            return _per_sample(loss(y, student_outputs))
-        logits = to_logits(student_outputs, self.student_outputs)
-        classes = logits.shape[-1]
-        fmt = label_format(y.shape, classes)
-        if fmt == "binary":
-            y = ops.reshape(ops.cast(y, "float32"), (-1, 1))
-            return keras.losses.binary_crossentropy(y, logits, from_logits=True)
-        if fmt == "categorical":
-            return keras.losses.categorical_crossentropy(
-                ops.cast(y, "float32"), logits, from_logits=True
-            )
-        y = ops.reshape(ops.cast(y, "int32"), (-1,))
-        return keras.losses.sparse_categorical_crossentropy(
-            y, logits, from_logits=True
-        )
+                return per_sample(loss.call(y_true, y_pred))
+            return per_sample(loss(y, student_outputs))
+        return label_crossentropy(y, student_logits, fmt)
 
-    def _distillation_values(self, y, teacher_logits, student_outputs):
+    def _distillation_values(self, y, teacher_logits, student_logits, fmt):
         """Per-sample distillation loss."""
-        student_logits = to_logits(student_outputs, self.student_outputs)
-        _check_output_shapes(
-            teacher_logits.shape[1:], student_logits.shape[1:]
-        )
-        if self.distillation_loss.uses_labels:
-            if y is None:
-                raise ValueError(
-                    f"The distillation loss {self.distillation_loss.name!r} "
-                    "needs labels, but the data carries none."
-                )
-            labels = self._labels_as_distribution(y, student_logits.shape[-1])
-            values = self.distillation_loss.call(
-                teacher_logits, student_logits, labels=labels
+        loss = self.distillation_loss
+        if not loss.uses_labels:
+            return per_sample(loss.call(teacher_logits, student_logits))
+        if y is None:
+            raise ValueError(
+                f"The distillation loss {loss.name!r} needs labels, but the "
+                "data carries none."
             )
-        else:
-            values = self.distillation_loss.call(teacher_logits, student_logits)
-        return _per_sample(values)
+        y = labels_as_distribution(y, student_logits.shape[-1], fmt)
+        return per_sample(loss.call(teacher_logits, student_logits, labels=y))
 
-    def _regularization_loss(self):
+    def _with_regularization(self, loss):
+        """`loss` plus the student's regularization losses, if any."""
         if not self.student.losses:
-            return None
-        return ops.sum([ops.cast(v, "float32") for v in self.student.losses])
+            return loss
+        return loss + ops.sum(
+            [ops.cast(v, "float32") for v in self.student.losses]
+        )
 
     def compute_distillation_loss(
         self, y, teacher_logits, student_outputs, sample_weight=None
@@ -453,10 +335,18 @@ class Distiller(keras.Model):
         """
         w = self.ground_truth_weight
         batch_size = ops.shape(student_outputs)[0]
+        student_logits = to_logits(student_outputs, self.student_outputs)
+        if not self._shapes_known:
+            validation.same_output_shapes(teacher_logits.shape[1:],
+                                 student_logits.shape[1:])
+        fmt = None if y is None else label_format(
+            y.shape, student_logits.shape[-1]
+        )
         total = 0.0
         if self.distillation_loss is not None:
             distillation = weighted_mean(
-                self._distillation_values(y, teacher_logits, student_outputs),
+                self._distillation_values(y, teacher_logits, student_logits,
+                                          fmt),
                 sample_weight,
             )
             self.distillation_loss_tracker.update_state(
@@ -465,17 +355,16 @@ class Distiller(keras.Model):
             total = distillation if w == 0.0 else (1.0 - w) * distillation
         if y is not None:
             ground_truth = weighted_mean(
-                self._ground_truth_values(y, student_outputs), sample_weight
+                self._ground_truth_values(y, student_outputs, student_logits,
+                                          fmt),
+                sample_weight,
             )
             self.ground_truth_loss_tracker.update_state(
                 ground_truth, sample_weight=batch_size
             )
             if w > 0.0:
                 total = total + w * ground_truth
-        regularization = self._regularization_loss()
-        if regularization is not None:
-            total = total + regularization
-        return total
+        return self._with_regularization(total)
 
     def _check_labels(self, y):
         if y is None and self.ground_truth_weight > 0.0:
@@ -491,35 +380,26 @@ class Distiller(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._check_labels(y)
-        x, teacher_logits = unpack_inputs(x)
-        if self._feature_models is not None:
-            (student_model, teacher_model), _, _ = self._feature_models
-            teacher_outputs, *teacher_features = teacher_model(
-                x, training=False
-            )
-            teacher_logits = ops.stop_gradient(
-                to_logits(teacher_outputs, self.teacher_outputs)
-            )
-        elif teacher_logits is None:
-            teacher_logits = self.teacher_logits(x)
-        else:
-            teacher_logits = ops.cast(teacher_logits, "float32")
+        x, cached_logits = unpack_inputs(x)
+        teacher_logits, teacher_features = self.teacher_targets(
+            x, cached_logits
+        )
         with tf.GradientTape() as tape:
-            if self._feature_models is not None:
-                student_outputs, *student_features = student_model(
-                    x, training=True
-                )
-            else:
-                student_outputs = self.student(x, training=True)
+            student_outputs, student_features = self._student_forward(x)
             loss = self.compute_distillation_loss(
                 y, teacher_logits, student_outputs, sample_weight
             )
-            if self._feature_models is not None:
-                loss = loss + self._feature_loss(
-                    teacher_features, student_features, sample_weight
+            if student_features is not None:
+                _, student_names, teacher_names = self._feature_models
+                loss = loss + feature_loss(
+                    self.feature_losses, self.feature_loss_trackers,
+                    self.hint_adapters,
+                    dict(zip(teacher_names, teacher_features)),
+                    dict(zip(student_names, student_features)),
+                    sample_weight,
                 )
             self._loss_tracker.update_state(
-                loss, sample_weight=ops.shape(teacher_logits)[0]
+                loss, sample_weight=ops.shape(student_outputs)[0]
             )
             # Each replica's gradients are summed across replicas, so the
             # per-replica mean is divided by their number (as Keras does).
@@ -539,12 +419,12 @@ class Distiller(keras.Model):
             )
         x = unpack_inputs(x)[0]
         student_outputs = self.student(x, training=False)
-        loss = weighted_mean(
-            self._ground_truth_values(y, student_outputs), sample_weight
-        )
-        regularization = self._regularization_loss()
-        if regularization is not None:
-            loss = loss + regularization
+        logits = to_logits(student_outputs, self.student_outputs)
+        fmt = label_format(y.shape, logits.shape[-1])
+        loss = self._with_regularization(weighted_mean(
+            self._ground_truth_values(y, student_outputs, logits, fmt),
+            sample_weight,
+        ))
         self._loss_tracker.update_state(
             loss, sample_weight=ops.shape(student_outputs)[0]
         )

@@ -2,6 +2,10 @@
 
 import keras
 
+from kdtrain.losses.features import FeatureLoss
+from kdtrain.losses.reduction import per_sample
+from kdtrain.losses.reduction import weighted_mean
+
 
 def _layer_names(model):
     return [layer.name for layer in model.layers]
@@ -101,3 +105,78 @@ def plan_feature_losses(student, teacher, feature_losses):
             if loss.needs_adapter:
                 adapters.append((loss, pair, student_shape, teacher_shape))
     return models, student_names, teacher_names, adapters
+
+
+def prepare_feature_losses(student, teacher, feature_losses):
+    """What a `Distiller` needs for its feature losses.
+
+    Returns:
+        `(trackers, adapters, extractors)`: a `keras.metrics.Mean` per loss,
+        the built hint adapters, and `(models, student_names,
+        teacher_names)` of `plan_feature_losses` (None without losses).
+
+    Raises:
+        ValueError: Not `FeatureLoss` instances, missing layers, or
+            incompatible shapes.
+    """
+    for loss in feature_losses:
+        if not isinstance(loss, FeatureLoss):
+            raise ValueError(
+                "`feature_losses` takes kdtrain.losses.FeatureLoss "
+                "instances (AttentionTransfer, HintLoss). "
+                f"Received: {loss!r}"
+            )
+    trackers = [keras.metrics.Mean(name=loss.name) for loss in feature_losses]
+    if not feature_losses:
+        return trackers, [], None
+    models, student_names, teacher_names, needed = plan_feature_losses(
+        student, teacher, feature_losses
+    )
+    return trackers, build_adapters(needed), (
+        models, student_names, teacher_names
+    )
+
+
+def build_adapters(needed):
+    """The built adapters (hints) of `plan_feature_losses`' pairs."""
+    adapters = []
+    for loss, pair, student_shape, teacher_shape in needed:
+        adapter = loss.adapter(
+            student_shape, teacher_shape,
+            f"{loss.name}_adapter_{pair[0]}_to_{pair[1]}",
+        )
+        adapter.build(student_shape)
+        adapters.append(adapter)
+    return adapters
+
+
+def feature_loss(feature_losses, trackers, adapters, teacher, student,
+                 sample_weight):
+    """The weighted sum of the feature losses of one batch.
+
+    Args:
+        feature_losses: The `FeatureLoss` instances.
+        trackers: One `keras.metrics.Mean` per loss, updated here.
+        adapters: The adapters of `build_adapters`, in order.
+        teacher: The teacher's features by layer name.
+        student: The student's features by layer name.
+        sample_weight: Optional per-sample weights.
+
+    Returns:
+        The scalar sum of `weight * batch mean` over the losses.
+    """
+    adapters = iter(adapters)
+    total = 0.0
+    for loss, tracker in zip(feature_losses, trackers):
+        values = 0.0
+        for student_layer, teacher_layer in loss.layers:
+            features = student[student_layer]
+            if loss.needs_adapter:
+                features = next(adapters)(features)
+            values = values + per_sample(
+                loss.call(teacher[teacher_layer], features)
+            )
+        value = weighted_mean(values, sample_weight)
+        tracker.update_state(value, sample_weight=keras.ops.shape(values)[0])
+        total = total + loss.weight * value
+    return total

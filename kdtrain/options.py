@@ -51,103 +51,102 @@ class Option:
         return "--" + self.key.replace("_", "-")
 
 
-def _options():
-    data, train = ("ban", "distill"), ("ban", "distill")
-    return [
-        # Data
-        Option("dataset", str, "digits", "dataset name", data,
-               choices=("digits", "fashion_mnist", "cifar10", "cifar100",
-                        "image_folder")),
-        Option("data_dir", str, None, "folder of the dataset's files (the "
-               "class folders' root for image_folder)", data, optional=True),
-        Option("image_size", int, None, "resize image_folder images to this "
-               "square size", data, minimum=8, optional=True),
-        Option("num_classes", int, None, "classes of an image_folder dataset, "
-               "for --dry-run without the files", data, minimum=2,
-               optional=True),
-        Option("batch_size", int, 32, "batch size", data, minimum=1),
-        Option("validation_split", float, 0.1, "fraction of the training data "
-               "held out for validation (when the dataset has no own split)",
-               data, minimum=0.0, maximum=0.9),
-        Option("train_size", int, None, "use this many training images "
-               "(a fixed random subset)", data, minimum=1, optional=True),
-        Option("test_size", int, None, "use this many test images",
-               data, minimum=1, optional=True),
-        Option("augment", str, "none", "augmentation preset", data,
-               choices=("none", "cifar", "mnist", "skin_cancer")),
-        Option("scaling", str, "rescale", "pixel scaling", data,
-               choices=("rescale", "normalize", "none")),
-        # Models
-        Option("output", str, "logits", "the models' head: logits, or a "
-               "softmax / sigmoid (one unit, binary data) on top", train,
-               choices=("logits", "softmax", "sigmoid")),
-        Option("model", str, "wrn-16-1", "architecture of the generations "
-               "(ban) or of the student (distill): wrn-<depth>-<width> or a "
-               "keras.applications name", train),
-        Option("dropout", float, 0.0, "dropout inside Wide ResNet blocks",
-               train, minimum=0.0, maximum=0.9),
-        Option("teacher_model", str, "mobilenet_v2", "architecture of the "
-               "teacher trained first", ("distill",)),
-        Option("teacher", str, None, "a trained teacher .keras file "
-               "(skips training a teacher)", train, optional=True),
-        # Training
-        Option("generations", int, 3, "Born-Again generations after the "
-               "teacher", ("ban",), minimum=1),
-        Option("epochs", int, 10, "epochs per generation", train, minimum=1),
-        Option("teacher_epochs", int, None, "epochs of the teacher (default: "
-               "--epochs)", train, minimum=1, optional=True),
-        Option("loss", str, "soft_targets", "distillation loss on the "
-               "outputs (none: only feature losses and the labels)", train,
-               choices=("soft_targets", "kl", "logits_mse", "cwtm", "dkpp",
-                        "none")),
-        Option("temperature", float, None, "softening temperature of the "
-               "loss (default: the loss's own)", train, minimum=0.0,
-               exclusive_minimum=True, optional=True),
-        Option("ground_truth_weight", float, 0.0, "w in (1-w)*distillation "
-               "+ w*crossentropy", train, minimum=0.0, maximum=1.0),
-        Option("attention_transfer", str, None, "comma-separated layers "
-               "whose attention maps the student matches (e.g. "
-               "group_1,group_2,group_3; student:teacher for different "
-               "names)", train, optional=True),
-        Option("attention_weight", float, 1000.0, "weight of the attention "
-               "transfer loss", train, minimum=0.0, exclusive_minimum=True),
-        Option("teach_from", str, "previous", "who teaches each generation",
-               ("ban",), choices=("previous", "teacher")),
-        Option("optimizer", str, "adam", "Keras optimizer name", train),
-        Option("learning_rate", float, None, "learning rate (default: the "
-               "optimizer's own)", train, minimum=0.0, exclusive_minimum=True,
-               optional=True),
-        Option("early_stopping_patience", int, None, "stop a generation after "
-               "this many epochs without improvement of the validation loss, "
-               "restoring its best weights", train, minimum=1, optional=True),
-        Option("seed", int, 0, "random seed", train, minimum=0),
-        Option("cache_teacher", str, "auto", "compute each teacher's outputs "
-               "once per generation instead of on every batch (auto: when "
-               "the training data are not augmented)", train,
-               choices=("auto", "on", "off")),
-        Option("distribute", str, "none", "tf.distribute strategy: mirrored "
-               "(the GPUs of one machine) or multi_worker (a cluster "
-               "described by TF_CONFIG)", train,
-               choices=("none", "mirrored", "multi_worker")),
-        Option("deterministic", bool, False, "make a resumed run give exactly "
-               "the uninterrupted run's results (op determinism; epoch order "
-               "and random draws from seed, generation and epoch)", train),
-        # Output
-        Option("directory", str, None, "where checkpoints, logs and results "
-               "go (default: runs/<command>-<dataset>-<model>)", train,
-               optional=True),
-        Option("overwrite", bool, False, "replace a run of another "
-               "configuration in --directory (removes only kdtrain's own "
-               "files there)", train),
-        Option("retrain_from", int, None, "discard generation K and every "
-               "later one of the run in --directory and train them again",
-               train, minimum=0, optional=True),
-        Option("tensorboard", bool, True, "write TensorBoard logs", train),
-        Option("progress", bool, True, "show tqdm progress bars", train),
-    ]
+_BOTH = ("ban", "distill")
 
+# Every setting: a --flag and a config file key.
+OPTIONS = (
+    # Data
+    Option("dataset", str, "digits", "dataset name", _BOTH,
+           choices=("digits", "fashion_mnist", "cifar10", "cifar100",
+                    "image_folder")),
+    Option("data_dir", str, None, "folder of the dataset's files (the "
+           "class folders' root for image_folder)", _BOTH, optional=True),
+    Option("image_size", int, None, "resize image_folder images to this "
+           "square size", _BOTH, minimum=8, optional=True),
+    Option("num_classes", int, None, "classes of an image_folder dataset, "
+           "for --dry-run without the files", _BOTH, minimum=2,
+           optional=True),
+    Option("batch_size", int, 32, "batch size", _BOTH, minimum=1),
+    Option("validation_split", float, 0.1, "fraction of the training data "
+           "held out for validation (when the dataset has no own split)",
+           _BOTH, minimum=0.0, maximum=0.9),
+    Option("train_size", int, None, "use this many training images "
+           "(a fixed random subset)", _BOTH, minimum=1, optional=True),
+    Option("test_size", int, None, "use this many test images",
+           _BOTH, minimum=1, optional=True),
+    Option("augment", str, "none", "augmentation preset", _BOTH,
+           choices=("none", "cifar", "mnist", "skin_cancer")),
+    Option("scaling", str, "rescale", "pixel scaling", _BOTH,
+           choices=("rescale", "normalize", "none")),
+    # Models
+    Option("output", str, "logits", "the models' head: logits, or a "
+           "softmax / sigmoid (one unit, binary _BOTH) on top", _BOTH,
+           choices=("logits", "softmax", "sigmoid")),
+    Option("model", str, "wrn-16-1", "architecture of the generations "
+           "(ban) or of the student (distill): wrn-<depth>-<width> or a "
+           "keras.applications name", _BOTH),
+    Option("dropout", float, 0.0, "dropout inside Wide ResNet blocks",
+           _BOTH, minimum=0.0, maximum=0.9),
+    Option("teacher_model", str, "mobilenet_v2", "architecture of the "
+           "teacher trained first", ("distill",)),
+    Option("teacher", str, None, "a trained teacher .keras file "
+           "(skips training a teacher)", _BOTH, optional=True),
+    # Training
+    Option("generations", int, 3, "Born-Again generations after the "
+           "teacher", ("ban",), minimum=1),
+    Option("epochs", int, 10, "epochs per generation", _BOTH, minimum=1),
+    Option("teacher_epochs", int, None, "epochs of the teacher (default: "
+           "--epochs)", _BOTH, minimum=1, optional=True),
+    Option("loss", str, "soft_targets", "distillation loss on the "
+           "outputs (none: only feature losses and the labels)", _BOTH,
+           choices=("soft_targets", "kl", "logits_mse", "cwtm", "dkpp",
+                    "none")),
+    Option("temperature", float, None, "softening temperature of the "
+           "loss (default: the loss's own)", _BOTH, minimum=0.0,
+           exclusive_minimum=True, optional=True),
+    Option("ground_truth_weight", float, 0.0, "w in (1-w)*distillation "
+           "+ w*crossentropy", _BOTH, minimum=0.0, maximum=1.0),
+    Option("attention_transfer", str, None, "comma-separated layers "
+           "whose attention maps the student matches (e.g. "
+           "group_1,group_2,group_3; student:teacher for different "
+           "names)", _BOTH, optional=True),
+    Option("attention_weight", float, 1000.0, "weight of the attention "
+           "transfer loss", _BOTH, minimum=0.0, exclusive_minimum=True),
+    Option("teach_from", str, "previous", "who teaches each generation",
+           ("ban",), choices=("previous", "teacher")),
+    Option("optimizer", str, "adam", "Keras optimizer name", _BOTH),
+    Option("learning_rate", float, None, "learning rate (default: the "
+           "optimizer's own)", _BOTH, minimum=0.0, exclusive_minimum=True,
+           optional=True),
+    Option("early_stopping_patience", int, None, "stop a generation after "
+           "this many epochs without improvement of the validation loss, "
+           "restoring its best weights", _BOTH, minimum=1, optional=True),
+    Option("seed", int, 0, "random seed", _BOTH, minimum=0),
+    Option("cache_teacher", str, "auto", "compute each teacher's outputs "
+           "once per generation instead of on every batch (auto: when "
+           "the training data are not augmented)", _BOTH,
+           choices=("auto", "on", "off")),
+    Option("distribute", str, "none", "tf.distribute strategy: mirrored "
+           "(the GPUs of one machine) or multi_worker (a cluster "
+           "described by TF_CONFIG)", _BOTH,
+           choices=("none", "mirrored", "multi_worker")),
+    Option("deterministic", bool, False, "make a resumed run give exactly "
+           "the uninterrupted run's results (op determinism; epoch order "
+           "and random draws from seed, generation and epoch)", _BOTH),
+    # Output
+    Option("directory", str, None, "where checkpoints, logs and results "
+           "go (default: runs/<command>-<dataset>-<model>)", _BOTH,
+           optional=True),
+    Option("overwrite", bool, False, "replace a run of another "
+           "configuration in --directory (removes only kdtrain's own "
+           "files there)", _BOTH),
+    Option("retrain_from", int, None, "discard generation K and every "
+           "later one of the run in --directory and train them again",
+           _BOTH, minimum=0, optional=True),
+    Option("tensorboard", bool, True, "write TensorBoard logs", _BOTH),
+    Option("progress", bool, True, "show tqdm progress bars", _BOTH),
+)
 
-OPTIONS = _options()
 
 
 def options_for(command):

@@ -100,6 +100,29 @@ def crossentropy(label_format, from_logits):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
 
 
+def label_crossentropy(y, logits, fmt):
+    """Per-sample crossentropy of logits against labels of format `fmt`."""
+    if fmt == "binary":
+        y = ops.reshape(ops.cast(y, "float32"), (-1, 1))
+        return keras.losses.binary_crossentropy(y, logits, from_logits=True)
+    if fmt == "categorical":
+        return keras.losses.categorical_crossentropy(
+            ops.cast(y, "float32"), logits, from_logits=True
+        )
+    y = ops.reshape(ops.cast(y, "int32"), (-1,))
+    return keras.losses.sparse_categorical_crossentropy(
+        y, logits, from_logits=True
+    )
+
+
+def labels_as_distribution(y, classes, fmt):
+    """Labels as float rows of the logits' shape (one-hot, or 0/1)."""
+    if fmt == "sparse":
+        y = ops.reshape(ops.cast(y, "int32"), (-1,))
+        return ops.one_hot(y, classes, dtype="float32")
+    return ops.reshape(ops.cast(y, "float32"), (-1, classes))
+
+
 def output_units(model):
     """The size of the model's output's last axis, or None if unknown."""
     try:

@@ -13,8 +13,8 @@ import os
 import keras
 
 from kdtrain import losses as losses_module
+from kdtrain import validation
 from kdtrain.distiller import Distiller
-from kdtrain.distiller import validate_ground_truth_weight
 from kdtrain.ensemble import GenerationEnsemble
 from kdtrain.chain import GenerationRunner
 
@@ -82,7 +82,7 @@ def distillation_loss_for(loss):
 def _check_weight(ground_truth_weight):
     if ground_truth_weight is None:
         return 0.0
-    return validate_ground_truth_weight(ground_truth_weight)
+    return validation.ground_truth_weight(ground_truth_weight)
 
 
 def _copy_optimizer(optimizer):

@@ -19,11 +19,12 @@ def integer(name, value, minimum=None, allow_none=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
         minimum is not None and value < minimum
     ):
-        bound = "" if minimum is None else f" >= {minimum}"
+        kind = {None: "an integer", 1: "a positive integer"}.get(
+            minimum, f"an integer >= {minimum}"
+        )
         none = " or None" if allow_none else ""
         raise ValueError(
-            f"`{name}` must be an integer{bound}{none}. "
-            f"Received: {name}={value!r}"
+            f"`{name}` must be {kind}{none}. Received: {name}={value!r}"
         )
     return int(value)
 
@@ -97,3 +98,56 @@ def trained_model(name, value, allow_none=True):
             "weights. Train it (or load a trained model) first."
         )
     return value
+
+
+def ground_truth_weight(weight):
+    """`ground_truth_weight` as a float in [0, 1]."""
+    return number("ground_truth_weight", weight, 0.0, 1.0)
+
+
+def distillation_pair(student, teacher):
+    """Checks a student and its teacher: two distinct models sharing nothing.
+
+    Raises:
+        ValueError: Not models, the same object, an unbuilt teacher, or
+            shared weights.
+    """
+    for argument, model in (("student", student), ("teacher", teacher)):
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                f"`{argument}` must be a keras.Model. "
+                f"Received: {argument}={model!r}"
+            )
+    if student is teacher:
+        raise ValueError(
+            "The student and the teacher are the same object: training the "
+            "student would change its own teacher. Build a fresh student "
+            f"(e.g. keras.models.clone_model). Received: model {student.name!r}"
+            " as both."
+        )
+    if not teacher.built:
+        raise ValueError(
+            f"The teacher {teacher.name!r} is not built, so it has no trained "
+            "weights. Train it (or load a trained model) before distilling."
+        )
+    teacher_variables = {id(v) for v in teacher.weights}
+    shared = [v.path for v in student.weights if id(v) in teacher_variables]
+    if shared:
+        raise ValueError(
+            "The student shares weights with the teacher, so training it "
+            f"would change the teacher: {', '.join(shared[:5])}. Build the "
+            "student from fresh layers."
+        )
+
+
+def same_output_shapes(teacher_shape, student_shape):
+    """Raises unless two known output shapes are equal (None: unknown)."""
+    if teacher_shape is None or student_shape is None:
+        return
+    teacher_shape, student_shape = tuple(teacher_shape), tuple(student_shape)
+    if teacher_shape != student_shape:
+        raise ValueError(
+            "The teacher's and the student's outputs must have the same "
+            f"shape. Received: teacher output shape={teacher_shape}, student "
+            f"output shape={student_shape}"
+        )

@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
+from conftest import mlp  # noqa: E402
 from kdtrain.chain import GenerationRunner  # noqa: E402
 
 
@@ -29,13 +30,7 @@ class Spy(keras.callbacks.Callback):
 
 
 def build_model():
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
+    return mlp(seed=None)
 
 
 def main(argv):

@@ -16,8 +16,13 @@ def digits():
 
 
 def mlp(hidden=16, classes=10, activation=None, inputs=64, seed=0):
-    """A small Dense classifier; `activation` is the head's activation."""
-    keras.utils.set_random_seed(seed)
+    """A small Dense classifier; `activation` is the head's activation.
+
+    `seed` seeds its weights; None leaves the random state alone (a chain's
+    `build_model`, which the runner seeds itself).
+    """
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     return keras.Sequential(
         [
             keras.Input((inputs,)),

@@ -12,16 +12,11 @@ from callbacks import GenerationTensorBoard
 from callbacks import TqdmProgress
 from kdtrain.chain import GenerationRunner
 from kdtrain.chain.callbacks import copy_callbacks
+from conftest import mlp
 
 
 def build_model():
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
+    return mlp(seed=None)
 
 
 def compiled(model):

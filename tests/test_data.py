@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from kdtrain import data
+from kdtrain.data import fashion_mnist
+from kdtrain.data import image_folder
 
 
 def collect(ds):
@@ -56,7 +58,7 @@ def make_fashion(tmp_path, n_train=40, n_test=15, compress=True):
         "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype="uint8"),
         "y_test": rng.integers(0, 10, n_test).astype("uint8"),
     }
-    for key, stem in data.FASHION_MNIST_FILES.items():
+    for key, stem in fashion_mnist.FASHION_MNIST_FILES.items():
         name = stem + (".gz" if compress else "")
         write_idx(tmp_path / name, arrays[key], compress=compress)
     return arrays
@@ -157,7 +159,7 @@ def test_fashion_mnist_missing_files(tmp_path, monkeypatch):
         calls.append(1)
         raise OSError("URL fetch failure (no network)")
 
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(empty),))
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DIRS", (str(empty),))
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
     with pytest.raises(data.DatasetNotFoundError) as info:
         data.load("fashion_mnist")
@@ -175,9 +177,9 @@ def test_fashion_mnist_missing_files(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_search_dirs(tmp_path, monkeypatch):
-    assert data.FASHION_MNIST_DIRS == ("/usr/share/datasets/fashion-mnist",)
+    assert fashion_mnist.FASHION_MNIST_DIRS == ("/usr/share/datasets/fashion-mnist",)
     arrays = make_fashion(tmp_path)
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(tmp_path / "no"), str(tmp_path)))
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DIRS", (str(tmp_path / "no"), str(tmp_path)))
     monkeypatch.setattr(
         keras.datasets.fashion_mnist, "load_data",
         lambda: pytest.fail("keras fallback used although files exist"),
@@ -668,7 +670,7 @@ def no_data_access(monkeypatch, tmp_path):
     """Makes every way of reading data fail the test."""
     empty = tmp_path / "empty"
     empty.mkdir(exist_ok=True)
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(empty),))
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DIRS", (str(empty),))
 
     def forbidden(*args, **kwargs):
         pytest.fail("describe() read data")
@@ -680,7 +682,7 @@ def no_data_access(monkeypatch, tmp_path):
     import sklearn.datasets
 
     monkeypatch.setattr(sklearn.datasets, "load_digits", forbidden)
-    monkeypatch.setattr(data, "_validate_images", forbidden)
+    monkeypatch.setattr(image_folder, "_validate_images", forbidden)
 
 
 def test_describe_without_files(tmp_path, monkeypatch):
@@ -870,8 +872,8 @@ def test_loaded_data_is_frozen():
 
 @pytest.mark.skipif(
     not all(
-        __import__("os").path.exists(f"{data.FASHION_MNIST_DIRS[0]}/{stem}.gz")
-        for stem in data.FASHION_MNIST_FILES.values()
+        __import__("os").path.exists(f"{fashion_mnist.FASHION_MNIST_DIRS[0]}/{stem}.gz")
+        for stem in fashion_mnist.FASHION_MNIST_FILES.values()
     ),
     reason="Debian's dataset-fashion-mnist is not installed",
 )

@@ -10,16 +10,11 @@ from kdtrain.seed_api import BANEnsemble
 from kdtrain.seed_api import ban
 from kdtrain.seed_api import distil_knowledge
 from kdtrain.seed_api import distillation_loss_for
+from conftest import mlp
 
 
 def build_model(activation="softmax", hidden=16):
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(10, activation=activation),
-        ]
-    )
+    return mlp(hidden, activation=activation, seed=None)
 
 
 def one_hot(y):

@@ -3,10 +3,14 @@
 import copy
 import hashlib
 import math
+import os
 import time
 
 import keras
 import tensorflow as tf
+
+from callbacks.progress import TqdmProgress
+from callbacks.tensorboard import GenerationTensorBoard
 
 from kdtrain.chain.errors import TrainingDiverged
 from kdtrain.chain.results import model_label
@@ -259,6 +263,41 @@ def _copy_one(callback, generation, memo):
             "callbacks; pass `callbacks` as a function of the generation "
             "that returns fresh ones."
         ) from failure
+
+
+_MONITORS = {"tensorboard": GenerationTensorBoard, "progress": TqdmProgress}
+
+
+def check_monitor(name, value, directory):
+    """Checks a runner's `tensorboard` / `progress` argument."""
+    if isinstance(value, _MONITORS[name]):
+        return value
+    for option in ("auto", True, False):
+        if value is option:
+            break
+    else:
+        raise ValueError(
+            f"`{name}` takes 'auto', True, False or a "
+            f"{_MONITORS[name].__name__}. Received: {name}={value!r}"
+        )
+    if name == "tensorboard" and value is True and directory is None:
+        raise ValueError("tensorboard=True needs a `directory` to write logs in.")
+    return value
+
+
+def monitors(tensorboard, progress, directory):
+    """The runner's `(GenerationTensorBoard or None, TqdmProgress or None)`."""
+    made = []
+    for value, make in (
+        (tensorboard, lambda: GenerationTensorBoard(
+            os.path.join(directory, "logs")
+        )),
+        (progress, TqdmProgress),
+    ):
+        if value == "auto":
+            value = directory is not None
+        made.append(make() if value is True else value or None)
+    return tuple(made)
 
 
 class ChainEvents:

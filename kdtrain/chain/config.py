@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import keras
 
@@ -119,3 +120,44 @@ def describe_callbacks(callbacks):
         }
         described.append({"class": type(callback).__name__, **settings})
     return described
+
+
+def summary(runner, plan):
+    """The chain's main settings for TensorBoard's HParams dashboard.
+
+    Returns:
+        `{"hparams": {...}, "metrics": [summary tags], "trial_id": ...}`.
+    """
+    loss = runner.distillation_loss
+    optimizer = plan.config["optimizer"]
+    learning_rate = optimizer.get("config", {}).get("learning_rate")
+    train = plan.config["data"]["train"]
+    return {
+        "hparams": {
+            "generations": runner.generations,
+            "distillation_loss": "none" if loss is None
+            else type(loss).__name__,
+            "feature_losses": ",".join(
+                loss.name for loss in runner.feature_losses
+            ) or "none",
+            "temperature": getattr(loss, "temperature", 1.0),
+            "ground_truth_weight": runner.ground_truth_weight,
+            "teach_from": runner.teach_from,
+            "teacher": "trained" if runner.teacher is None else "given",
+            "epochs": plan.config["epochs"],
+            "teacher_epochs": plan.config["teacher_epochs"] or 0,
+            "optimizer": optimizer.get("class_name", "?"),
+            "learning_rate": learning_rate
+            if isinstance(learning_rate, (int, float))
+            else str(learning_rate),
+            "seed": -1 if runner.seed is None else runner.seed,
+            "batch_size": train.get("batch_size") or 0,
+        },
+        "metrics": [
+            f"{split}/{metric}"
+            for split in plan.evaluation_splits
+            for metric in ("accuracy", "loss")
+        ],
+        "trial_id": os.path.basename(os.path.abspath(runner.directory))
+        if runner.directory else None,
+    }

@@ -28,12 +28,14 @@ finished generation (with the same SHA-256) that taught it.
 import os
 import re
 
+from callbacks.generation import generation_name as generation_dir_name
 from kdtrain import files
 from kdtrain.chain.config import describe_differences
 from kdtrain.chain.errors import ConfigurationMismatch
 from kdtrain.chain.errors import RunDirectoryError
 from kdtrain.chain.lock import LOCK_FILE
 from kdtrain.chain.lock import DirectoryLock
+from kdtrain.distribute import is_multi_worker
 from kdtrain.faults import fault_point
 
 FORMAT = 2
@@ -49,9 +51,25 @@ CACHE_DIR = "cache"
 _WORKER = re.compile(r"^worker-\d+$")
 
 
-def generation_dir_name(generation):
-    """`"gen-K"`: the folder (and TensorBoard run) of generation K."""
-    return f"gen-{int(generation)}"
+def worker_directory(directory, strategy=None):
+    """Where this process writes a chain: non-chief workers get their own.
+
+    Args:
+        directory: The chain's directory, or None.
+        strategy: The `tf.distribute.Strategy` of the run, or None.
+
+    Returns:
+        `directory` for a single process or the chief of a multi-worker run,
+        else `directory/worker-K` (K: the task index).
+    """
+    if directory is None:
+        return None
+    directory = os.fspath(directory)
+    if not is_multi_worker(strategy) or strategy.extended.should_checkpoint:
+        return directory
+    return os.path.join(
+        directory, f"worker-{strategy.cluster_resolver.task_id}"
+    )
 
 
 def _listing(names, limit=12):
@@ -81,6 +99,18 @@ class ChainDirectory:
         self.path = os.path.abspath(os.fspath(path))
         self.workers = int(workers)
         self.lock = DirectoryLock(self.path)
+
+    @classmethod
+    def for_run(cls, directory, strategy=None):
+        """The directory a run writes (None without one), for its strategy."""
+        if directory is None:
+            return None
+        workers = 1
+        if is_multi_worker(strategy):
+            workers = strategy.cluster_resolver.cluster_spec().num_tasks(
+                "worker"
+            )
+        return cls(directory, workers=workers)
 
     # Paths ------------------------------------------------------------------
 

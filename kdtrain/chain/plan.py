@@ -9,7 +9,8 @@ the chain. It trains nothing and writes nothing.
 import dataclasses
 
 import keras
-import numpy as np
+
+from kdtrain import validation
 
 from kdtrain.cache import weights_fingerprint
 from kdtrain.chain.config import architecture_fingerprint
@@ -68,14 +69,8 @@ class ChainPlan:
 
 
 def _check_epochs(epochs, teacher_epochs):
-    for name, value in (("epochs", epochs), ("teacher_epochs", teacher_epochs)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or value < 1
-        ):
-            raise ValueError(
-                f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
-            )
+    validation.integer("epochs", epochs, 1)
+    validation.integer("teacher_epochs", teacher_epochs, 1, allow_none=True)
 
 
 def _check_fit_kwargs(fit_kwargs, deterministic):

@@ -1,9 +1,11 @@
 """A chain's results: model names, the results table and `GenerationResult`."""
 
+from callbacks.generation import generation_name
+
 
 def model_name(generation):
-    """`"teacher"` for generation 0, else `"gen-K"`."""
-    return "teacher" if generation == 0 else f"gen-{generation}"
+    """`"teacher"` for generation 0, else `"gen-K"` (its folder's name)."""
+    return "teacher" if generation == 0 else generation_name(generation)
 
 
 def model_label(generation):

@@ -9,19 +9,20 @@ where it stopped.
 """
 
 import contextlib
-import os
 import random
 import sys
 
 import tensorflow as tf
 
-from callbacks.progress import TqdmProgress
-from callbacks.tensorboard import GenerationTensorBoard
 from kdtrain import losses as losses_module
 from kdtrain import validation
 from kdtrain.chain.callbacks import ChainEvents
+from kdtrain.chain.callbacks import check_monitor
+from kdtrain.chain.callbacks import monitors
 from kdtrain.chain.callbacks import is_chain_callback
+from kdtrain.chain.config import summary
 from kdtrain.chain.directory import ChainDirectory
+from kdtrain.chain.directory import worker_directory
 from kdtrain.chain.evaluation import ChainEvaluation
 from kdtrain.chain.generation import Generation
 from kdtrain.chain.models import ModelFactory
@@ -33,34 +34,11 @@ from kdtrain.chain.results import model_label
 from kdtrain.chain.results import model_name
 from kdtrain.chain.results import table_splits
 from kdtrain.chain.training import GenerationTrainer
-from kdtrain.distiller import validate_ground_truth_weight
-from kdtrain.distribute import is_multi_worker
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import validate_output_kind
 
 _TEACH_FROM = ("previous", "teacher")
 _SWITCH = ("auto", True, False)
-
-
-def worker_directory(directory, strategy=None):
-    """Where this process writes a chain: non-chief workers get their own.
-
-    Args:
-        directory: The chain's directory, or None.
-        strategy: The `tf.distribute.Strategy` of the run, or None.
-
-    Returns:
-        `directory` for a single process or the chief of a multi-worker run,
-        else `directory/worker-K` (K: the task index).
-    """
-    if directory is None:
-        return None
-    directory = os.fspath(directory)
-    if not is_multi_worker(strategy) or strategy.extended.should_checkpoint:
-        return directory
-    return os.path.join(
-        directory, f"worker-{strategy.cluster_resolver.task_id}"
-    )
 
 
 class GenerationRunner:
@@ -210,6 +188,16 @@ class GenerationRunner:
         retrain_from=None,
         settings=None,
     ):
+        self._set_models(build_model, generations, teacher, build_teacher,
+                         teacher_outputs, student_outputs)
+        self._set_training(distillation_loss, ground_truth_weight, optimizer,
+                           metrics, teach_from, feature_losses,
+                           cache_teacher, strategy)
+        self._set_run(directory, seed, deterministic, overwrite,
+                      retrain_from, settings, tensorboard, progress, verbose)
+
+    def _set_models(self, build_model, generations, teacher, build_teacher,
+                    teacher_outputs, student_outputs):
         self.build_model = validation.model_builder("build_model", build_model)
         self.generations = validation.integer("generations", generations, 1)
         self.teacher = validation.trained_model("teacher", teacher)
@@ -222,15 +210,35 @@ class GenerationRunner:
                 f"`teacher`. Received: build_teacher={build_teacher!r}, "
                 f"teacher={teacher!r}"
             )
+        self.teacher_outputs = validate_output_kind(
+            teacher_outputs, "teacher_outputs"
+        )
+        self.student_outputs = validate_output_kind(
+            student_outputs, "student_outputs"
+        )
+
+    def _set_training(self, distillation_loss, ground_truth_weight,
+                      optimizer, metrics, teach_from, feature_losses,
+                      cache_teacher, strategy):
+        self.distillation_loss = (
+            None if distillation_loss is None
+            else losses_module.get(distillation_loss)
+        )
+        self.ground_truth_weight = validation.ground_truth_weight(
+            ground_truth_weight
+        )
+        self.optimizer = optimizer
+        make_optimizer(optimizer)  # Fails early on a bad optimizer.
+        self.metrics = list(metrics or ())
         self.teach_from = validation.choice("teach_from", teach_from,
                                             _TEACH_FROM)
-        self.seed = validation.integer("seed", seed, allow_none=True)
-        self.deterministic = bool(deterministic)
-        if self.deterministic and self.seed is None:
-            raise ValueError(
-                "deterministic=True derives every random draw from the seed: "
-                "pass `seed` too."
-            )
+        self.feature_losses = list(feature_losses or ())
+        for loss in self.feature_losses:
+            if not isinstance(loss, losses_module.FeatureLoss):
+                raise ValueError(
+                    "`feature_losses` takes kdtrain.losses.FeatureLoss "
+                    f"instances. Received: {loss!r}"
+                )
         self.cache_teacher = validation.choice("cache_teacher", cache_teacher,
                                                _SWITCH)
         if strategy is not None and not isinstance(
@@ -241,28 +249,18 @@ class GenerationRunner:
                 f"Received: strategy={strategy!r}"
             )
         self.strategy = strategy
-        self.directory = worker_directory(directory, strategy)
-        self.tensorboard = self._switch("tensorboard", tensorboard,
-                                        GenerationTensorBoard)
-        self.progress = self._switch("progress", progress, TqdmProgress)
-        self.distillation_loss = (
-            None if distillation_loss is None
-            else losses_module.get(distillation_loss)
-        )
-        self.ground_truth_weight = validate_ground_truth_weight(
-            ground_truth_weight
-        )
-        self.optimizer = optimizer
-        make_optimizer(optimizer)  # Fails early on a bad optimizer.
-        self.metrics = list(metrics or ())
-        self.feature_losses = list(feature_losses or ())
-        for loss in self.feature_losses:
-            if not isinstance(loss, losses_module.FeatureLoss):
-                raise ValueError(
-                    "`feature_losses` takes kdtrain.losses.FeatureLoss "
-                    f"instances. Received: {loss!r}"
-                )
-        first = 0 if teacher is None else 1
+
+    def _set_run(self, directory, seed, deterministic, overwrite,
+                 retrain_from, settings, tensorboard, progress, verbose):
+        self.directory = worker_directory(directory, self.strategy)
+        self.seed = validation.integer("seed", seed, allow_none=True)
+        self.deterministic = bool(deterministic)
+        if self.deterministic and self.seed is None:
+            raise ValueError(
+                "deterministic=True derives every random draw from the seed: "
+                "pass `seed` too."
+            )
+        first = 0 if self.teacher is None else 1
         self.retrain_from = validation.integer(
             "retrain_from", retrain_from, first, allow_none=True
         )
@@ -274,31 +272,16 @@ class GenerationRunner:
                 f"again, {first}..{self.generations}, and needs a `directory`."
                 f" Received: retrain_from={retrain_from!r}"
             )
-        self.settings = settings
         self.overwrite = bool(overwrite)
+        self.settings = settings
+        self.tensorboard = check_monitor("tensorboard", tensorboard,
+                                         self.directory)
+        self.progress = check_monitor("progress", progress, self.directory)
         self.verbose = verbose
-        self.teacher_outputs = validate_output_kind(
-            teacher_outputs, "teacher_outputs"
-        )
-        self.student_outputs = validate_output_kind(
-            student_outputs, "student_outputs"
-        )
         self.base_seed = self.seed if self.seed is not None else (
             random.SystemRandom().randrange(2**31)
         )
         self.cache_used = None
-
-    def _switch(self, name, value, kind):
-        if isinstance(value, kind):
-            return value
-        value = validation.choice(name, value, _SWITCH)
-        if value is True and self.directory is None and kind is (
-            GenerationTensorBoard
-        ):
-            raise ValueError(
-                "tensorboard=True needs a `directory` to write logs in."
-            )
-        return value
 
     # Pieces -----------------------------------------------------------------
 
@@ -336,18 +319,8 @@ class GenerationRunner:
     def _monitors(self):
         """The TensorBoard and progress callbacks, or None for each."""
         if getattr(self, "_monitor_pair", None) is None:
-            board, bars = self.tensorboard, self.progress
-            if board == "auto":
-                board = self.directory is not None
-            if board is True:
-                board = GenerationTensorBoard(
-                    os.path.join(self.directory, "logs")
-                )
-            if bars == "auto":
-                bars = self.directory is not None
-            if bars is True:
-                bars = TqdmProgress()
-            self._monitor_pair = (board or None, bars or None)
+            self._monitor_pair = monitors(self.tensorboard, self.progress,
+                                          self.directory)
         return self._monitor_pair
 
     # The chain ------------------------------------------------------------------
@@ -415,7 +388,7 @@ class GenerationRunner:
                 fit_kwargs,
             )
             self.cache_used = plan.cache
-            directory = self._chain_directory()
+            directory = ChainDirectory.for_run(self.directory, self.strategy)
             if directory is not None:
                 directory.lock.check()
                 directory.refuse_foreign()
@@ -429,16 +402,6 @@ class GenerationRunner:
                     )
                 return self._run_chain(plan, factory, directory, finished,
                                        epoch_seed)
-
-    def _chain_directory(self):
-        if self.directory is None:
-            return None
-        workers = 1
-        if is_multi_worker(self.strategy):
-            workers = self.strategy.cluster_resolver.cluster_spec().num_tasks(
-                "worker"
-            )
-        return ChainDirectory(self.directory, workers=workers)
 
     def _run_chain(self, plan, factory, directory, finished, epoch_seed):
         """The Born-Again procedure: load or train each generation, then
@@ -479,7 +442,7 @@ class GenerationRunner:
                 )
             result = self._finish(plan, directory, generations, evaluation)
             ending = {"completed": True, "table": result.table,
-                      "trained": trained, **self._summary(plan)}
+                      "trained": trained, **summary(self, plan)}
             return result
         finally:
             events.on_chain_end(ending)
@@ -523,39 +486,3 @@ class GenerationRunner:
             {g.name: g.history for g in generations},
             directory=self.directory, config=plan.config,
         )
-
-    def _summary(self, plan):
-        """The HParams summary of the chain's configuration."""
-        loss = self.distillation_loss
-        optimizer = plan.config["optimizer"]
-        learning_rate = optimizer.get("config", {}).get("learning_rate")
-        train = plan.config["data"]["train"]
-        return {
-            "hparams": {
-                "generations": self.generations,
-                "distillation_loss": "none" if loss is None
-                else type(loss).__name__,
-                "feature_losses": ",".join(
-                    loss.name for loss in self.feature_losses
-                ) or "none",
-                "temperature": getattr(loss, "temperature", 1.0),
-                "ground_truth_weight": self.ground_truth_weight,
-                "teach_from": self.teach_from,
-                "teacher": "trained" if self.teacher is None else "given",
-                "epochs": plan.config["epochs"],
-                "teacher_epochs": plan.config["teacher_epochs"] or 0,
-                "optimizer": optimizer.get("class_name", "?"),
-                "learning_rate": learning_rate
-                if isinstance(learning_rate, (int, float))
-                else str(learning_rate),
-                "seed": -1 if self.seed is None else self.seed,
-                "batch_size": train.get("batch_size") or 0,
-            },
-            "metrics": [
-                f"{split}/{metric}"
-                for split in plan.evaluation_splits
-                for metric in ("accuracy", "loss")
-            ],
-            "trial_id": os.path.basename(os.path.abspath(self.directory))
-            if self.directory else None,
-        }

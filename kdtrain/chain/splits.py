@@ -1,13 +1,14 @@
 """One data split given to a chain: a dataset, a `PyDataset` or arrays."""
 
 import dataclasses
-import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kdtrain import cache as cache_module
+from kdtrain import pipelines
+from kdtrain import validation
+from kdtrain.cache import sample_keys
 
 # Batches of a tf.data split whose labels are checked before training.
 _CHECKED_BATCHES = 4
@@ -30,20 +31,6 @@ def _shapes(structure):
     return keras.tree.map_structure(
         lambda a: [None if d is None else int(d) for d in a.shape], structure
     )
-
-
-def check_batch_size(batch_size):
-    """`batch_size` as an int, or None; raises unless it is positive."""
-    if batch_size is None:
-        return None
-    if isinstance(batch_size, bool) or not isinstance(
-        batch_size, numbers.Integral
-    ) or batch_size < 1:
-        raise ValueError(
-            "`batch_size` must be a positive integer or None. "
-            f"Received: batch_size={batch_size!r}"
-        )
-    return int(batch_size)
 
 
 def check_label_values(y, classes, label_format, where):
@@ -111,7 +98,8 @@ class DataSplit:
 
     def __init__(self, data, batch_size, argument):
         self.argument = argument
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = validation.integer("batch_size", batch_size, 1,
+                                             allow_none=True)
         self.x = self.y = self.sample_weight = None
         if isinstance(data, tf.data.Dataset):
             self.kind = "dataset"
@@ -229,7 +217,7 @@ class DataSplit:
         if self.kind == "arrays":
             return False
         if self.kind == "dataset":
-            return cache_module.is_randomized(self.data)
+            return pipelines.is_randomized(self.data)
         return None
 
     def training_arrays(self):
@@ -243,11 +231,11 @@ class DataSplit:
         if self.kind == "arrays":
             x, y, weight = self.x, self.y, self.sample_weight
             batch_size = self.batch_size or 32
-            keys = cache_module.sample_keys(x, y, weight)
+            keys = sample_keys(x, y, weight)
         else:
-            x, y, weight, batch_size = cache_module.materialize(self.data)
-            keys = cache_module.sample_keys(x, y, weight)
-        if self.kind == "dataset" and cache_module.is_shuffled(self.data):
+            x, y, weight, batch_size = pipelines.materialize(self.data)
+            keys = sample_keys(x, y, weight)
+        if self.kind == "dataset" and pipelines.is_shuffled(self.data):
             order = np.argsort(keys, kind="stable")
             x, y, weight = [
                 None if part is None else keras.tree.map_structure(
@@ -262,7 +250,7 @@ class DataSplit:
         """Whether training visits the samples in a new order every epoch."""
         if self.kind == "arrays":
             return bool(fit_kwargs.get("shuffle", True))
-        return cache_module.is_shuffled(self.data)
+        return pipelines.is_shuffled(self.data)
 
     def describe(self):
         """What identifies the split in a configuration (shapes, not data)."""

@@ -10,7 +10,6 @@ from kdtrain.cache import CacheMismatch
 from kdtrain.cache import MEMORY_MAP_BYTES
 from kdtrain.cache import NonFiniteTeacherOutputs
 from kdtrain.cache import TeacherOutputCache
-from kdtrain.cache import array_dataset
 from kdtrain.cache import check_finite_outputs
 from kdtrain.cache import teacher_logits
 from kdtrain.cache import weights_fingerprint
@@ -34,6 +33,7 @@ from kdtrain.chain.results import model_name
 from kdtrain.distiller import Distiller
 from kdtrain.distribute import is_multi_worker
 from kdtrain.outputs import resolve_output_kind
+from kdtrain.pipelines import array_dataset
 from kdtrain.outputs import to_logits
 
 # What TensorFlow raises when a collective loses a peer.

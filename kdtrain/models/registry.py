@@ -5,6 +5,8 @@ import re
 
 import keras
 
+from kdtrain import validation
+
 from kdtrain.models.wide_resnet import OUTPUT_MODES
 from kdtrain.models.wide_resnet import WideResNet
 
@@ -163,13 +165,7 @@ def _check_application_input(app_name, input_shape):
 def _application_builder(app_name, constructor, **defaults):
     def builder(*, num_classes, input_shape, output="logits", **kwargs):
         shape = _check_application_input(app_name, input_shape)
-        if isinstance(num_classes, bool) or not isinstance(
-            num_classes, numbers.Integral
-        ) or num_classes <= 0:
-            raise ValueError(
-                "`num_classes` must be a positive integer. "
-                f"Received: num_classes={num_classes!r}"
-            )
+        num_classes = validation.integer("num_classes", num_classes, 1)
         if output == "sigmoid" and num_classes != 1:
             raise ValueError(
                 '`output="sigmoid"` is for one-unit binary heads and needs '

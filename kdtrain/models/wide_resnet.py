@@ -4,21 +4,15 @@ import numbers
 
 import keras
 
+from kdtrain import validation
+
 OUTPUT_MODES = ("logits", "softmax", "sigmoid")
 GROUP_NAMES = ("group_1", "group_2", "group_3")
 MIN_SPATIAL_SIZE = 4
 
 
 def _check_positive_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
+    return validation.integer(name, value, 1)
 
 
 def valid_depths(limit=10):
@@ -58,6 +52,101 @@ def _check_input_shape(input_shape):
                 f"1x1). Received: input_shape={input_shape!r}"
             )
     return tuple(None if d is None else int(d) for d in shape)
+
+
+def _check_arguments(num_classes, depth, width, input_shape, dropout, output,
+                     weight_decay):
+    """The WideResNet arguments, checked and normalized."""
+    num_classes = _check_positive_int("num_classes", num_classes)
+    depth = _check_positive_int("depth", depth)
+    width = _check_positive_int("width", width)
+    if (depth - 4) % 6 != 0 or depth < 10:
+        raise ValueError(
+            "`depth` must be 6 * n + 4 with n >= 1; valid depths are "
+            f"{', '.join(map(str, valid_depths(8)))}, ... "
+            f"Received: depth={depth}"
+        )
+    shape = _check_input_shape(input_shape)
+    if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ValueError(
+            "`dropout` must be a float in [0, 1). "
+            f"Received: dropout={dropout!r}"
+        )
+    if output not in OUTPUT_MODES:
+        raise ValueError(
+            f"`output` must be one of {OUTPUT_MODES}. "
+            f"Received: output={output!r}"
+        )
+    if output == "sigmoid" and num_classes != 1:
+        raise ValueError(
+            '`output="sigmoid"` is for one-unit binary heads and needs '
+            f"num_classes=1. Received: num_classes={num_classes}"
+        )
+    if not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
+        raise ValueError(
+            "`weight_decay` must be a non-negative float. "
+            f"Received: weight_decay={weight_decay!r}"
+        )
+    return (num_classes, depth, width, shape, float(dropout),
+            float(weight_decay))
+
+
+def _graph(num_classes, depth, width, shape, dropout, output, weight_decay):
+    """The network's `(inputs, outputs)` (checked arguments)."""
+    blocks_per_group = (depth - 4) // 6
+    regularizer = (
+        keras.regularizers.L2(weight_decay) if weight_decay else None
+    )
+
+    def conv(filters, kernel_size, strides, layer_name):
+        return keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            kernel_regularizer=regularizer,
+            name=layer_name,
+        )
+
+    def bn_relu(x, prefix):
+        x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+        return keras.layers.ReLU(name=f"{prefix}_relu")(x)
+
+    inputs = keras.Input(shape=shape, name="image")
+    x = conv(16, 3, 1, "stem_conv")(inputs)
+    in_filters = 16
+    for group, (filters, stride) in enumerate(
+        ((16 * width, 1), (32 * width, 2), (64 * width, 2)), start=1
+    ):
+        for block in range(1, blocks_per_group + 1):
+            prefix = f"group_{group}_block_{block}"
+            strides = stride if block == 1 else 1
+            pre = bn_relu(x, f"{prefix}_1")
+            if strides != 1 or in_filters != filters:
+                shortcut = conv(filters, 1, strides, f"{prefix}_shortcut")(pre)
+            else:
+                shortcut = x
+            y = conv(filters, 3, strides, f"{prefix}_conv_1")(pre)
+            y = bn_relu(y, f"{prefix}_2")
+            if dropout:
+                y = keras.layers.Dropout(dropout, name=f"{prefix}_dropout")(y)
+            y = conv(filters, 3, 1, f"{prefix}_conv_2")(y)
+            add_name = (
+                f"group_{group}" if block == blocks_per_group
+                else f"{prefix}_add"
+            )
+            x = keras.layers.Add(name=add_name)([shortcut, y])
+            in_filters = filters
+    x = bn_relu(x, "head")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(
+        num_classes, kernel_regularizer=regularizer, name="logits"
+    )(x)
+    if output != "logits":
+        outputs = keras.layers.Activation(output, name="probabilities")(outputs)
+    return inputs, outputs
 
 
 @keras.saving.register_keras_serializable(package="kdtrain")
@@ -136,105 +225,14 @@ class WideResNet(keras.Model):
         name=None,
         **kwargs,
     ):
-        num_classes = _check_positive_int("num_classes", num_classes)
-        depth = _check_positive_int("depth", depth)
-        width = _check_positive_int("width", width)
-        if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(
-                "`depth` must be 6 * n + 4 with n >= 1; valid depths are "
-                f"{', '.join(map(str, valid_depths(8)))}, ... "
-                f"Received: depth={depth}"
-            )
-        shape = _check_input_shape(input_shape)
-        if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                "`dropout` must be a float in [0, 1). "
-                f"Received: dropout={dropout!r}"
-            )
-        if output not in OUTPUT_MODES:
-            raise ValueError(
-                f"`output` must be one of {OUTPUT_MODES}. "
-                f"Received: output={output!r}"
-            )
-        if output == "sigmoid" and num_classes != 1:
-            raise ValueError(
-                '`output="sigmoid"` is for one-unit binary heads and needs '
-                f"num_classes=1. Received: num_classes={num_classes}"
-            )
-        if (
-            not isinstance(weight_decay, numbers.Real)
-            or weight_decay < 0
-        ):
-            raise ValueError(
-                "`weight_decay` must be a non-negative float. "
-                f"Received: weight_decay={weight_decay!r}"
-            )
+        num_classes, depth, width, shape, dropout, weight_decay = (
+            _check_arguments(num_classes, depth, width, input_shape, dropout,
+                             output, weight_decay)
+        )
         if name is None:
             name = f"wrn_{depth}_{width}"
-
-        blocks_per_group = (depth - 4) // 6
-        regularizer = (
-            keras.regularizers.L2(float(weight_decay)) if weight_decay else None
-        )
-
-        def conv(filters, kernel_size, strides, layer_name):
-            return keras.layers.Conv2D(
-                filters,
-                kernel_size,
-                strides=strides,
-                padding="same",
-                use_bias=False,
-                kernel_initializer="he_normal",
-                kernel_regularizer=regularizer,
-                name=layer_name,
-            )
-
-        def bn_relu(x, prefix):
-            x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
-            return keras.layers.ReLU(name=f"{prefix}_relu")(x)
-
-        inputs = keras.Input(shape=shape, name="image")
-        x = conv(16, 3, 1, "stem_conv")(inputs)
-        in_filters = 16
-        for group, (filters, stride) in enumerate(
-            ((16 * width, 1), (32 * width, 2), (64 * width, 2)), start=1
-        ):
-            for block in range(1, blocks_per_group + 1):
-                prefix = f"group_{group}_block_{block}"
-                strides = stride if block == 1 else 1
-                pre = bn_relu(x, f"{prefix}_1")
-                if strides != 1 or in_filters != filters:
-                    shortcut = conv(filters, 1, strides, f"{prefix}_shortcut")(
-                        pre
-                    )
-                else:
-                    shortcut = x
-                y = conv(filters, 3, strides, f"{prefix}_conv_1")(pre)
-                y = bn_relu(y, f"{prefix}_2")
-                if dropout:
-                    y = keras.layers.Dropout(
-                        float(dropout), name=f"{prefix}_dropout"
-                    )(y)
-                y = conv(filters, 3, 1, f"{prefix}_conv_2")(y)
-                add_name = (
-                    f"group_{group}"
-                    if block == blocks_per_group
-                    else f"{prefix}_add"
-                )
-                x = keras.layers.Add(name=add_name)([shortcut, y])
-                in_filters = filters
-        x = bn_relu(x, "head")
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-        outputs = keras.layers.Dense(
-            num_classes,
-            kernel_regularizer=regularizer,
-            name="logits",
-        )(x)
-        if output != "logits":
-            outputs = keras.layers.Activation(output, name="probabilities")(
-                outputs
-            )
-
+        inputs, outputs = _graph(num_classes, depth, width, shape, dropout,
+                                 output, weight_decay)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
         # Constructor arguments; set after `super().__init__()` as in
@@ -244,9 +242,9 @@ class WideResNet(keras.Model):
         self.depth = depth
         self.width = width
         self.image_shape = shape
-        self.dropout = float(dropout)
+        self.dropout = dropout
         self.output_mode = output
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = weight_decay
 
     def get_config(self):
         return {

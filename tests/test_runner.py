@@ -18,18 +18,13 @@ from kdtrain.chain import ConfigurationMismatch
 from kdtrain.chain import RunDirectoryError
 from kdtrain.chain import GenerationRunner
 from kdtrain.chain import TrainingDiverged
+from conftest import mlp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def build_model(hidden=16, activation=None):
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(10, activation=activation),
-        ]
-    )
+    return mlp(hidden, activation=activation, seed=None)
 
 
 def adam():

@@ -1,0 +1,196 @@
+"""Training pipelines built from arrays, and what a `tf.data` pipeline does.
+
+`array_dataset` gathers batches from in-memory arrays by index (optionally
+with each sample's cached teacher logits, `pack_inputs`), in an order that
+`indexed_batches` draws per epoch; `materialize` reads a finite dataset
+into arrays; `is_randomized` and `is_shuffled` look into a dataset's graph.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+INPUTS_KEY = "inputs"
+LOGITS_KEY = "teacher_logits"
+
+
+def pack_inputs(x, teacher_logits):
+    """The inputs of a cached batch: `x` with its samples' teacher logits."""
+    return {INPUTS_KEY: x, LOGITS_KEY: teacher_logits}
+
+
+def unpack_inputs(x):
+    """Splits inputs made by `pack_inputs`; returns `(x, logits or None)`."""
+    if isinstance(x, dict) and set(x) == {INPUTS_KEY, LOGITS_KEY}:
+        return x[INPUTS_KEY], x[LOGITS_KEY]
+    return x, None
+
+
+def num_samples(x):
+    """The number of samples of an array or a structure of arrays."""
+    return int(keras.tree.flatten(x)[0].shape[0])
+
+
+def _gather(values, indices):
+    """Rows `indices` of an array; memory-mapped arrays are read per batch."""
+    if isinstance(values, np.memmap):
+        rows = tf.numpy_function(
+            lambda i: np.asarray(values[i]), [indices], tf.as_dtype(
+                values.dtype
+            ),
+        )
+        return tf.ensure_shape(rows, [None, *values.shape[1:]])
+    return tf.gather(values, indices)
+
+
+def _dataset_ops(dataset):
+    """The op types of a dataset's graph, its map functions' included."""
+    from tensorflow.core.framework import graph_pb2
+
+    graph = graph_pb2.GraphDef.FromString(
+        dataset._as_serialized_graph().numpy()
+    )
+    ops = {node.op for node in graph.node}
+    for function in graph.library.function:
+        ops |= {node.op for node in function.node_def}
+    return ops
+
+
+def is_randomized(dataset):
+    """Whether a `tf.data.Dataset` draws random numbers for its elements.
+
+    Random augmentation (Keras' random layers, `tf.image.random_*`,
+    `tf.random.*`) puts random-number ops into the pipeline's graph; the
+    shuffling of sample order does not count. A pipeline with such an op
+    may change its samples every epoch, so its teacher outputs cannot be
+    cached. (A fixed-seed random op counts too: the rule errs on the side
+    of running the teacher.)
+
+    Args:
+        dataset: A `tf.data.Dataset`.
+
+    Returns:
+        True if the pipeline holds a random-number op.
+    """
+    return any(
+        "Random" in op and not op.endswith("Dataset")
+        for op in _dataset_ops(dataset)
+    )
+
+
+def is_shuffled(dataset):
+    """Whether a `tf.data.Dataset` shuffles its samples."""
+    return any(op.startswith("Shuffle") for op in _dataset_ops(dataset))
+
+
+def materialize(dataset):
+    """One pass of a finite batched dataset as `(x, y, sample_weight)` arrays.
+
+    Args:
+        dataset: A finite `tf.data.Dataset` of `x`, `(x, y)` or
+            `(x, y, sample_weight)` batches.
+
+    Returns:
+        `(x, y, sample_weight, batch_size)`: numpy arrays (None where the
+        data have none) and the size of the first batch.
+    """
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "The training dataset repeats forever, so its teacher outputs "
+            "cannot be computed once. Remove the .repeat(), or pass "
+            "cache_teacher=False."
+        )
+    batches = [
+        keras.utils.unpack_x_y_sample_weight(element)
+        for element in dataset.as_numpy_iterator()
+    ]
+    if not batches:
+        raise ValueError("The training dataset is empty.")
+    parts = []
+    for position in range(3):
+        if batches[0][position] is None:
+            parts.append(None)
+            continue
+        parts.append(keras.tree.map_structure(
+            lambda *values: np.concatenate(values),
+            *[batch[position] for batch in batches],
+        ))
+    return (*parts, num_samples(batches[0][0]))
+
+
+def indexed_batches(count, batch_size, shuffle=True, seed=None,
+                    epoch_seed=None):
+    """A dataset of batches of sample indices, reshuffled every epoch.
+
+    Args:
+        count: The number of samples.
+        batch_size: Indices per batch.
+        shuffle: Whether each epoch visits the samples in a new order.
+        seed: Optional shuffling seed (stateful shuffling).
+        epoch_seed: Optional int64 `tf.Variable` of shape (2,); when given,
+            each epoch's order is a stateless permutation drawn from its
+            value when the epoch's iterator starts (see
+            `kdtrain.chain.callbacks.EpochSeed`), so an epoch trained again
+            sees the same order.
+    """
+    if shuffle and epoch_seed is not None:
+        def permutation(_):
+            noise = tf.random.stateless_uniform(
+                [count], seed=epoch_seed.read_value()
+            )
+            return tf.data.Dataset.from_tensor_slices(
+                tf.argsort(noise, stable=True)
+            )
+
+        indices = tf.data.Dataset.range(1).flat_map(permutation)
+    else:
+        indices = tf.data.Dataset.range(count)
+        if shuffle:
+            indices = indices.shuffle(
+                count, seed=seed, reshuffle_each_iteration=True
+            )
+    batches = -(-count // batch_size)
+    return indices.batch(batch_size).apply(
+        tf.data.experimental.assert_cardinality(batches)
+    )
+
+
+def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
+                  seed=None, epoch_seed=None, logits=None):
+    """A `tf.data` pipeline of batches gathered from arrays by index.
+
+    Args:
+        x, y, sample_weight: Arrays (or structures of arrays) of the samples.
+        batch_size, shuffle, seed, epoch_seed: As for `indexed_batches`.
+        logits: Optional teacher logits per sample, packed into the inputs
+            with `pack_inputs`.
+
+    Returns:
+        A dataset of `(x, y, sample_weight)` batches (without the `None`
+        parts).
+    """
+    if sample_weight is not None and y is None:
+        raise ValueError("`sample_weight` needs labels `y`.")
+    arrays = [
+        None if a is None else keras.tree.map_structure(
+            tf.convert_to_tensor, a
+        )
+        for a in (x, y, sample_weight)
+    ]
+
+    def gather(indices):
+        x, y, weight = [
+            None if a is None else keras.tree.map_structure(
+                lambda v: tf.gather(v, indices), a
+            )
+            for a in arrays
+        ]
+        if logits is not None:
+            x = pack_inputs(x, _gather(logits, indices))
+        return tuple(v for v in (x, y, weight) if v is not None)
+
+    return (
+        indexed_batches(num_samples(x), batch_size, shuffle, seed, epoch_seed)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
