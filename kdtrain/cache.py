@@ -267,8 +267,8 @@ class TeacherOutputCache:
         ):
             raise CacheMismatch(
                 f"{source} was computed on other samples, or on these in "
-                "another order (its sample keys differ from the data's). "
-                "Compute it again on this data."
+                "another order (its sample keys differ from the data's): "
+                "reorder it with `aligned(keys)`, or compute it again."
             )
         if teacher is not None and weights_fingerprint(teacher) != (
             self.fingerprint
@@ -279,6 +279,32 @@ class TeacherOutputCache:
                 f"({self.fingerprint[:12]}...). Compute it again with this "
                 "teacher."
             )
+
+    def aligned(self, keys, source="The cache"):
+        """The cache with its rows in the order of the samples `keys`.
+
+        Rows follow their own sample's key, so a cache saved in another
+        order is reordered; one of other samples is refused.
+
+        Raises:
+            CacheMismatch: The cache has no keys, or other samples'.
+        """
+        keys = np.asarray(keys, dtype="S16")
+        if self.keys is not None and np.array_equal(self.keys, keys):
+            return self
+        saved = None if self.keys is None else np.argsort(self.keys,
+                                                           kind="stable")
+        wanted = np.argsort(keys, kind="stable")
+        if saved is None or len(saved) != len(wanted) or not np.array_equal(
+            self.keys[saved], keys[wanted]
+        ):
+            raise CacheMismatch(
+                f"{source} was computed on other samples (its sample keys "
+                "differ from the data's). Compute it again on this data."
+            )
+        logits = np.empty(self.logits.shape, np.float16)
+        logits[wanted] = self.logits[saved]
+        return TeacherOutputCache(logits, self.fingerprint, keys)
 
     def verify(self, teacher, x, teacher_outputs="auto", rows=VERIFIED_ROWS,
                source="The cache"):
@@ -364,7 +390,8 @@ class TeacherOutputCache:
             directory: The folder given to `save`.
             teacher: If given, the cache must come from this teacher.
             samples: If given, the cache must have this many samples.
-            keys: If given, the cache's rows must have these sample keys.
+            keys: If given, the rows are reordered to follow these sample
+                keys (`aligned`); a cache of other samples is refused.
             memory_map: Whether to map the logits from disk instead of
                 reading them; `"auto"` does above `MEMORY_MAP_BYTES`.
 
@@ -403,8 +430,11 @@ class TeacherOutputCache:
                 f"{logits.dtype} {list(logits.shape)}, {INFO_FILE} says "
                 f"float16 {info['shape']}."
             )
+        source = f"The cache in {directory}"
         cache = cls(logits, info["fingerprint"], saved_keys)
-        cache.check(teacher, samples, keys, source=f"The cache in {directory}")
+        if keys is not None:
+            cache = cache.aligned(keys, source)
+        cache.check(teacher, samples, source=source)
         return cache
 
     def dataset(self, x, y=None, sample_weight=None, batch_size=32,

@@ -41,7 +41,7 @@ def run(command, settings, argv):
     """Runs a parsed command; returns the exit code."""
     handlers = {"ban": ban, "distill": distill, "evaluate": evaluate,
                 "report": report}
-    resume = "kdtrain " + shlex.join(argv)
+    resume = "kdtrain " + shlex.join(_resume_arguments(argv))
     if settings.distribute == "multi_worker" and not settings.dry_run:
         strategy(settings)  # before any other TensorFlow work, as it must
     interrupted = []
@@ -63,6 +63,9 @@ def run(command, settings, argv):
     except Exception as error:  # noqa: BLE001 - any failure while training
         if interrupted:
             return _interrupted(settings, resume)
+        if command in ("evaluate", "report"):
+            _error(f"{command} failed: {type(error).__name__}: {error}")
+            return EXIT_FAILURE
         _error(f"training failed: {type(error).__name__}: {error}\n"
                + _kept(settings, f"after fixing the cause, resume with: "
                                  f"{resume}"))
@@ -71,6 +74,19 @@ def run(command, settings, argv):
         return _interrupted(settings, resume)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _resume_arguments(argv):
+    """The command line that resumes: without the flags that discard work."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument in ("--retrain-from", "--overwrite"):
+            skip = argument == "--retrain-from"
+        elif not argument.startswith(("--retrain-from=", "--no-overwrite")):
+            kept.append(argument)
+    return kept
 
 
 def _kept(settings, then):
@@ -109,7 +125,8 @@ class _RecordSettings(GenerationCallback):
         self.settings = settings
 
     def on_chain_begin(self, logs=None):
-        ChainDirectory(self.settings.directory).write_config_text(
+        # The runner's own directory: a non-chief worker writes worker-K/.
+        ChainDirectory(logs["directory"]).write_config_text(
             config_text(self.settings)
         )
 
@@ -383,33 +400,48 @@ def evaluate(settings):
     """Evaluates every model file of a finished run on its test split."""
     directory = ChainDirectory(settings.directory)
     saved = read_run_config(directory.path)
-    with directory.lock:
-        results = _finished_results(directory, saved)
-        first = 1 if saved.teacher else 0
-        last = saved.generations if saved.command == "ban" else 1
-        records = directory.finished_records(first, last)
-        generations = []
-        if first == 1:
-            generations.append(Generation(0, _given_teacher(saved, results),
-                                          "auto"))
-        for index in range(first, last + 1):
-            record = records[index]
-            generations.append(Generation.from_record(
-                index, directory.load_model(index, record),
-                record["output_kind"], record,
-            ))
-        loaded = data_module.load(saved.dataset, **data_options(saved))
-        evaluation = ChainEvaluation(
-            {"test": DataSplit(loaded.test, None, "test_data")},
-            loaded.info.label_format, results["config"]["metrics"],
-        )
-        table, _, _ = evaluation.table(generations, recompute=True)
+    directory.lock.acquire(shared=True)  # Other readers may overlap.
+    try:
+        table = _evaluate_files(directory, saved)
+    except RunDirectoryError as error:
+        if error.generation is None:
+            raise
+        raise UsageError(
+            error.describe("cli") + " (to `kdtrain "
+            f"{saved.command} --config {directory.config_path}`)"
+        ) from None
+    finally:
+        directory.lock.release()
     if saved.command == "distill":
         labels = _distill_labels(saved)
         for row in table:
             row["label"] = labels.get(row["name"], row["label"])
     print(markdown_table(table, split="test"))
     return EXIT_OK
+
+
+def _evaluate_files(directory, saved):
+    """The test-split table of a finished run's model files."""
+    results = _finished_results(directory, saved)
+    first = 1 if saved.teacher else 0
+    last = saved.generations if saved.command == "ban" else 1
+    records = directory.finished_records(first, last)
+    generations = []
+    if first == 1:
+        generations.append(Generation(0, _given_teacher(saved, results),
+                                      "auto"))
+    for index in range(first, last + 1):
+        record = records[index]
+        generations.append(Generation.from_record(
+            index, directory.load_model(index, record),
+            record["output_kind"], record,
+        ))
+    loaded = data_module.load(saved.dataset, **data_options(saved))
+    evaluation = ChainEvaluation(
+        {"test": DataSplit(loaded.test, None, "test_data")},
+        loaded.info.label_format, results["config"]["metrics"],
+    )
+    return evaluation.table(generations, recompute=True)[0]
 
 
 def report(settings):

@@ -21,6 +21,7 @@ Without the variable a fault point costs one dictionary lookup. The points
     gen-K/model.save       model.keras written to its temporary name
     gen-K/model.saved      model.keras in place, its record not yet written
     gen-K/record.written   the record written, backup and cache not yet removed
+    gen-K/model.load       before a finished generation is loaded on a rerun
     evaluate.model         before evaluating a model for the table
     evaluate.ensemble      before evaluating an ensemble for the table
     results.write          results.json written, not yet renamed
@@ -33,19 +34,24 @@ import signal
 ENVIRONMENT_VARIABLE = "KDTRAIN_FAULT"
 _ACTIONS = ("kill", "enospc")
 _counts = {}
+_plans = {}
 
 
 def _parse(spec):
-    """`"name@count:action"` as `(name, count, action)`."""
-    spec, _, action = spec.partition(":")
-    name, _, count = spec.partition("@")
-    action = action or "kill"
-    if action not in _ACTIONS:
-        raise ValueError(
-            f"{ENVIRONMENT_VARIABLE}={spec!r}: unknown action {action!r}; "
-            f"one of {', '.join(_ACTIONS)}."
-        )
-    return name, int(count or 1), action
+    """`"name@count:action"` as `(name, count, action)`, checked once."""
+    if spec not in _plans:
+        point, _, action = spec.partition(":")
+        name, _, count = point.partition("@")
+        action = action or "kill"
+        if action not in _ACTIONS or not name or not (
+            count == "" or count.isdigit() and int(count) >= 1
+        ):
+            raise ValueError(
+                f"{ENVIRONMENT_VARIABLE}={spec!r} is not POINT[@COUNT][:ACTION]"
+                f" with a count >= 1 and an action of {', '.join(_ACTIONS)}."
+            )
+        _plans[spec] = (name, int(count or 1), action)
+    return _plans[spec]
 
 
 def fault_point(name):

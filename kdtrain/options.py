@@ -295,10 +295,17 @@ def read_config(path, command):
 
 # Settings ---------------------------------------------------------------------
 
+# Settings that name files: recorded as absolute paths.
+_PATHS = ("directory", "data_dir", "teacher")
+
 # Settings that change how a run is watched or where it goes, not what it
 # computes: a resumed run may change them.
 NOT_IDENTITY = ("directory", "overwrite", "retrain_from", "tensorboard",
                 "progress")
+
+
+def _absolute(key, value):
+    return os.path.abspath(value) if key in _PATHS and value else value
 
 
 def _settings_class():
@@ -311,8 +318,8 @@ def _settings_class():
                    "plus `command` and `dry_run`. Frozen: derive changed "
                    "settings with `dataclasses.replace`.",
         "identity": lambda self: {
-            o.key: getattr(self, o.key) for o in options_for(self.command)
-            if o.key not in NOT_IDENTITY
+            o.key: _absolute(o.key, getattr(self, o.key))
+            for o in options_for(self.command) if o.key not in NOT_IDENTITY
         },
     }
     return dataclasses.make_dataclass("Settings", fields, frozen=True,
@@ -404,12 +411,13 @@ def config_text(settings):
     """`settings` as the TOML text of `DIRECTORY/config.toml`."""
     lines = [f"# kdtrain {settings.command}: the settings of this run.",
              f"# Rerun with: kdtrain {settings.command} --config "
-             f"{os.path.join(settings.directory, CONFIG_FILE)}",
+             f"{os.path.abspath(os.path.join(settings.directory, CONFIG_FILE))}",
              f"command = {_toml_value(settings.command)}"]
     for option in options_for(settings.command):
         value = getattr(settings, option.key)
         if value is None or option.key in ("overwrite", "retrain_from"):
             continue
+        value = _absolute(option.key, value)  # read from anywhere
         lines.append(f"{option.key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 

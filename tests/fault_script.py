@@ -2,8 +2,8 @@
 
 Usage: python fault_script.py KDTRAIN-ARGUMENTS...
 
-Registers `tiny-mlp` (a one-hidden-layer classifier) and runs the command
-line with the arguments given. The tests stop it at a fault point
+Registers `tiny-mlp` (a one-hidden-layer classifier) and `tiny-mlp-dropout`
+and runs the command line with the arguments given. The tests stop it at a fault point
 (`KDTRAIN_FAULT`, see `kdtrain.faults`) and run it again.
 """
 
@@ -30,6 +30,12 @@ def tiny_mlp(*, num_classes, input_shape, output="logits", dropout=0.0):
     return keras.Sequential(layers)
 
 
+def tiny_mlp_with_dropout(**kwargs):
+    """`tiny_mlp` with dropout: random draws inside the model too."""
+    return tiny_mlp(**kwargs, dropout=0.3)
+
+
 if __name__ == "__main__":
     models.register("tiny-mlp", tiny_mlp)
+    models.register("tiny-mlp-dropout", tiny_mlp_with_dropout)
     sys.exit(main(sys.argv[1:]))

@@ -170,10 +170,17 @@ def test_keys_name_each_rows_sample(cache, trained_teacher, digits, tmp_path):
     keyed = TeacherOutputCache(cache.logits, cache.fingerprint, keys)
     keyed.save(tmp_path / "cache")
     TeacherOutputCache.load(tmp_path / "cache", keys=keys)
-    # The same samples in another order are other rows: refused.
+    # The same samples in another order: each row follows its sample.
     order = np.random.default_rng(1).permutation(len(x))
+    reordered = TeacherOutputCache.load(tmp_path / "cache", keys=keys[order])
+    np.testing.assert_array_equal(reordered.logits, cache.logits[order])
+    np.testing.assert_array_equal(reordered.keys, keys[order])
     with pytest.raises(cache_module.CacheMismatch, match="another order"):
-        TeacherOutputCache.load(tmp_path / "cache", keys=keys[order])
+        keyed.check(keys=keys[order])
+    # Other samples: refused.
+    other = cache_module.sample_keys(x + 1.0, y)
+    with pytest.raises(cache_module.CacheMismatch, match="other samples"):
+        TeacherOutputCache.load(tmp_path / "cache", keys=other)
 
 
 def test_verify_recomputes_rows_and_catches_permuted_ones(

@@ -254,3 +254,31 @@ def test_a_users_generation_callback_follows_the_chain(digits, tmp_path):
     runner.run((x[:300], y[:300]), test_data=(x[300:400], y[300:400]),
                epochs=1, batch_size=100, callbacks=[again])
     assert again.events == [("chain_begin", 3, 3), ("chain_end", True, ())]
+
+
+def test_epoch_seed_derives_all_randomness_from_seed_generation_and_epoch():
+    from kdtrain.chain.callbacks import EpochSeed
+    from kdtrain.chain.callbacks import derived_seed
+    from kdtrain.chain.callbacks import seed_generators
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(3)])
+    loss = kdtrain.losses.PermutedPredictions(seed=3)
+    # A chain without a distillation loss passes None: nothing to reset.
+    generators = seed_generators(model, None, loss)
+    assert len(generators) == 2
+    variable = tf.Variable([0, 0], dtype=tf.int64)
+    seeder = EpochSeed(variable, seed=7, generation=2,
+                       random_objects=[model, loss])
+
+    def states(epoch):
+        seeder.on_epoch_begin(epoch)
+        return [g.state.numpy().tolist() for g in generators]
+
+    first = states(3)
+    for generator in generators:  # draws move the states on...
+        generator.next()
+    assert states(3) == first  # ...and the epoch's start puts them back
+    assert states(4) != first
+    assert variable.numpy().tolist() == [derived_seed(7, 2), 4]
+    assert derived_seed(7, 2) != derived_seed(7, 3)

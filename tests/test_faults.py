@@ -10,8 +10,10 @@ run's table. The scenarios run two at a time.
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +25,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 ARGS = ["ban", "--model", "tiny-mlp", "--generations", "3", "--epochs", "3",
         "--learning-rate", "0.01", "--deterministic", "--no-progress",
         "--no-tensorboard"]
+# Randomness inside training too (dropout, DKPP's permutations), and an
+# EarlyStopping whose state must survive the crash: with these settings it
+# stops generation 3 after its third epoch, and gives generation 1 back its
+# third epoch's weights after a worse fourth.
+RANDOM_ARGS = [*ARGS, "--model", "tiny-mlp-dropout", "--loss", "dkpp",
+               "--early-stopping-patience", "1", "--epochs", "4",
+               "--learning-rate", "0.05"]
 HANG_GUARD = 900  # seconds; a run takes about ten
 
 # name -> (fault, what the first run must end with)
@@ -42,13 +51,13 @@ KILLS = {
 }
 
 
-def run_chain(directory, fault=None):
+def run_chain(directory, fault=None, args=ARGS):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("KDTRAIN_FAULT", None)
     if fault:
         env["KDTRAIN_FAULT"] = fault
     return subprocess.run(
-        [sys.executable, str(HERE / "fault_script.py"), *ARGS,
+        [sys.executable, str(HERE / "fault_script.py"), *args,
          "--directory", str(directory)],
         capture_output=True, text=True, timeout=HANG_GUARD, env=env,
     )
@@ -70,6 +79,22 @@ def finished_models(directory):
 
 def temporaries(directory):
     return [p for p in directory.rglob("*") if ".tmp" in p.name]
+
+
+def scratch(directory):
+    """Backups and caches left in a finished chain's generations."""
+    return [p for p in directory.glob("gen-*/*") if p.name in ("backup",
+                                                                "cache")]
+
+
+def numbers(directory):
+    """Every number a finished chain recorded: its table and histories."""
+    results = json.loads((directory / "results.json").read_text())
+    table = [{k: v for k, v in row.items() if k != "wall_time"}
+             for row in results["table"]]
+    histories = {name: record["history"]
+                 for name, record in results["generations"].items()}
+    return table, histories
 
 
 def tear_newest_backup(directory):
@@ -113,16 +138,28 @@ DAMAGED = {
 }
 
 
-def kill_and_rerun(directory, fault, damage=None):
-    killed = run_chain(directory, fault)
+# name -> fault, in a chain of RANDOM_ARGS
+RANDOM_KILLS = {
+    "mid-epoch, with dropout and DKPP": "gen-2/train.step@50",
+    "teacher mid-epoch, with dropout": "gen-0/train.step@60",
+    "after the backup of the best epoch": "gen-1/backup.written@3",
+    "after early stopping stopped": "gen-3/backup.written@3",
+}
+
+
+def kill_and_rerun(directory, fault, damage=None, args=ARGS):
+    killed = run_chain(directory, fault, args)
     if damage is not None:
         damage(directory)
     before = finished_models(directory)
-    rerun = run_chain(directory)
-    return {"killed": killed, "rerun": rerun, "before": before,
-            "after": finished_models(directory),
-            "temporaries": temporaries(directory),
-            "directory": directory}
+    rerun = run_chain(directory, args=args)
+    outcome = {"killed": killed, "rerun": rerun, "before": before,
+               "after": finished_models(directory),
+               "temporaries": temporaries(directory),
+               "scratch": scratch(directory), "directory": directory}
+    if rerun.returncode == 0:
+        outcome["numbers"] = numbers(directory)
+    return outcome
 
 
 @pytest.fixture(scope="module")
@@ -131,43 +168,71 @@ def outcomes(tmp_path_factory):
     scenarios = {name: (fault, None) for name, fault in KILLS.items()}
     scenarios.update(DAMAGED)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        reference = pool.submit(run_chain, root / "reference")
+        references = [
+            pool.submit(run_chain, root / "reference"),
+            pool.submit(run_chain, root / "reference-random", None,
+                        RANDOM_ARGS),
+        ]
         jobs = {
             name: pool.submit(kill_and_rerun, root / f"run-{i}", *scenario)
             for i, (name, scenario) in enumerate(scenarios.items())
         }
+        jobs.update({
+            name: pool.submit(kill_and_rerun, root / f"random-{i}", fault,
+                              None, RANDOM_ARGS)
+            for i, (name, fault) in enumerate(RANDOM_KILLS.items())
+        })
         results = {name: job.result() for name, job in jobs.items()}
-        reference = reference.result()
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    return table(reference.stdout), results
+        references = [job.result() for job in references]
+    for reference in references:
+        assert reference.returncode == 0, reference.stderr[-3000:]
+    return {
+        "plain": (table(references[0].stdout), numbers(root / "reference")),
+        "random": (table(references[1].stdout),
+                   numbers(root / "reference-random")),
+    }, results
 
 
 def resumed(outcomes, name):
     """A scenario's outcome, after the checks every rerun must pass."""
-    reference, results = outcomes
+    references, results = outcomes
+    reference, reference_numbers = references[
+        "random" if name in RANDOM_KILLS else "plain"
+    ]
     outcome = results[name]
     rerun = outcome["rerun"]
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert len(reference) == 3 and table(rerun.stdout) == reference
+    # Every recorded number, not only the printed digits, is the same.
+    assert outcome["numbers"] == reference_numbers
     # No generation that had finished was trained or written again.
     assert outcome["after"].items() >= outcome["before"].items()
-    assert outcome["temporaries"] == []
+    assert outcome["temporaries"] == [] and outcome["scratch"] == []
     outcome["messages"] = " ".join(rerun.stderr.split())
     return outcome
 
 
-@pytest.mark.parametrize("name", list(KILLS))
+@pytest.mark.parametrize("name", [*KILLS, *RANDOM_KILLS])
 def test_a_killed_chain_resumes_to_the_uninterrupted_table(outcomes, name):
     outcome = resumed(outcomes, name)
     killed = outcome["killed"]
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
 
-def test_every_phase_has_a_kill_point():
-    phases = {fault.split("/")[-1].split(".")[0].split("@")[0]
-              for fault in KILLS.values()}
-    assert {"train", "backup", "cache", "model", "record", "evaluate",
-            "results"} <= phases
+def _point(fault):
+    """`"gen-2/backup.write@2:enospc"` -> `"backup.write"`."""
+    return fault.split(":")[0].split("@")[0].split("/")[-1]
+
+
+def test_every_fault_point_is_exercised():
+    from kdtrain import faults
+
+    documented = set(re.findall(r"^    (?:gen-K/)?([a-z]+\.[a-z]+) ",
+                                faults.__doc__, re.MULTILINE))
+    covered = {_point(fault) for fault in KILLS.values()}
+    covered |= {_point(fault) for fault, _ in DAMAGED.values()}
+    # model.load: test_run_directory kills a rerun of a finished chain there.
+    assert documented - covered == {"model.load"}
     assert len(KILLS) >= 8
 
 
@@ -180,6 +245,12 @@ def test_a_full_disk_during_a_backup_fails_cleanly_and_resumes(outcomes):
     assert "gen-2/backup/epoch-0002" in message
     assert "gen-2/backup/epoch-0001) is intact" in message
     assert "resume with: kdtrain ban" in message
+
+
+@pytest.mark.parametrize("name", [n for n in DAMAGED if "disk" not in n])
+def test_the_damaged_runs_were_killed_first(outcomes, name):
+    killed = outcomes[1][name]["killed"]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
 
 def test_a_torn_backup_falls_back_to_the_one_before(outcomes):
@@ -211,3 +282,12 @@ def test_a_permuted_cache_is_detected_and_recomputed(outcomes):
     outcome = resumed(outcomes, "a permuted cache with a matching checksum")
     assert "does not hold this teacher's outputs" in outcome["messages"]
     assert "Computing it again" in outcome["messages"]
+
+
+def test_the_random_chain_really_stops_early_and_restores(outcomes):
+    """The early-stopping scenarios test what they say."""
+    _, histories = outcomes[0]["random"][1]
+    assert len(histories["gen-3"]["loss"]) == 3  # stopped after epoch 3
+    losses = histories["gen-1"]["val_loss"]
+    assert len(losses) == 4 and losses[3] > losses[2]  # best weights back
+

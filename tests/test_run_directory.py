@@ -173,10 +173,17 @@ def test_a_finished_run_is_never_downgraded(run, capsys):
     assert json.loads(results)["complete"] is True
     code, out, err = kdtrain(capsys, "ban", *TINY, "--directory", str(run))
     assert code == cli.EXIT_OK, err
-    env = {**os.environ, "KDTRAIN_FAULT": "evaluate.model"}
-    killed = subprocess.run([sys.executable, "-m", "kdtrain", "evaluate",
-                             str(run)], env=env, capture_output=True)
-    assert killed.returncode == -signal.SIGKILL
+    # A rerun of the finished chain killed while it loads the generations,
+    # and an evaluate killed while it evaluates them.
+    for argv, fault in (
+        ([os.path.join(HERE, "fault_script.py"), "ban", *TINY,
+          "--directory", str(run)], "gen-1/model.load"),
+        (["-m", "kdtrain", "evaluate", str(run)], "evaluate.model"),
+    ):
+        killed = subprocess.run([sys.executable, *argv], capture_output=True,
+                                env={**os.environ, "KDTRAIN_FAULT": fault})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert (run / "results.json").read_bytes() == results
     assert kdtrain(capsys, "report", str(run))[0] == cli.EXIT_OK
     assert (run / "results.json").read_bytes() == results
     code, out, err = kdtrain(capsys, "evaluate", str(run))
@@ -306,9 +313,11 @@ def test_a_read_only_directory_is_named(tmp_path):
     if os.geteuid() == 0:
         # Root writes anywhere; in a user namespace it keeps its files but
         # loses that override.
-        if shutil.which("unshare") is None:
-            pytest.skip("running as root without unshare(1)")
         prefix = ["unshare", "--user", "--map-user=65534"]
+        if shutil.which("unshare") is None or subprocess.run(
+            [*prefix, "true"], capture_output=True
+        ).returncode != 0:
+            pytest.skip("running as root, and no user namespace to drop it")
     result = subprocess.run(
         [*prefix, sys.executable, os.path.join(HERE, "fault_script.py"), "ban",
          *TINY, "--directory", str(locked)],
@@ -348,3 +357,155 @@ def test_nan_teacher_outputs_name_the_teacher_and_the_batch(tmp_path):
         assert "The teacher teacher (Teacher) emits NaN" in message
         batch = "batch 1 " if cache else "batch 3 "
         assert batch in message and "first at sample 300" in message
+
+
+# The lock itself ------------------------------------------------------------
+
+
+def _acquire_elsewhere(directory, shared=False):
+    """Takes the lock from another process; returns its CompletedProcess."""
+    script = ("import sys; from kdtrain.chain.lock import DirectoryLock; "
+              "DirectoryLock(sys.argv[1]).acquire(shared=sys.argv[2] == 'r')")
+    return subprocess.run(
+        [sys.executable, "-c", script, str(directory), "r" if shared else "w"],
+        capture_output=True, text=True,
+    )
+
+
+def test_the_lock_is_reentrant_and_released_on_errors(tmp_path):
+    from kdtrain.chain.lock import DirectoryLock
+
+    outer, inner = DirectoryLock(tmp_path), DirectoryLock(tmp_path)
+    with pytest.raises(RuntimeError, match="crash"):
+        with outer:
+            with inner:  # the command line, then the runner
+                assert outer.held
+            assert outer.held  # the inner release kept it
+            refused = _acquire_elsewhere(tmp_path)
+            assert refused.returncode != 0
+            assert f"(PID {os.getpid()})" in refused.stderr
+            raise RuntimeError("crash")
+    assert not outer.held
+    assert _acquire_elsewhere(tmp_path).returncode == 0
+
+
+def test_a_deleted_lock_file_stops_the_writer(tmp_path):
+    from kdtrain.chain.errors import RunDirectoryError
+    from kdtrain.chain.lock import DirectoryLock
+
+    lock = DirectoryLock(tmp_path)
+    with lock:
+        lock.verify()
+        (tmp_path / ".kdtrain.lock").unlink()  # someone "unsticks" it
+        with pytest.raises(RunDirectoryError, match="removed or replaced"):
+            lock.verify()
+        with pytest.raises(RunDirectoryError, match="removed or replaced"):
+            ChainDirectory(tmp_path).write_results({"complete": True})
+
+
+def test_readers_share_the_lock_but_not_with_a_writer(tmp_path):
+    from kdtrain.chain.lock import DirectoryLock
+
+    DirectoryLock(tmp_path).acquire().release()  # the lock file exists
+    reader = DirectoryLock(tmp_path).acquire(shared=True)
+    try:
+        assert _acquire_elsewhere(tmp_path, shared=True).returncode == 0
+        writer = _acquire_elsewhere(tmp_path)
+        assert writer.returncode != 0 and "DirectoryLocked" in writer.stderr
+    finally:
+        reader.release()
+    assert _acquire_elsewhere(tmp_path).returncode == 0
+
+
+# Retraining and tampered manifests --------------------------------------------
+
+
+def test_an_interrupted_retrain_resumes_without_discarding_again(run):
+    argv = [sys.executable, os.path.join(HERE, "fault_script.py"), "ban",
+            *TINY, "--directory", str(run), "--retrain-from", "1"]
+    old = (run / "gen-1" / "model.keras").read_bytes()
+    killed = subprocess.run(argv, capture_output=True, text=True,
+                            env={**os.environ, "KDTRAIN_FAULT":
+                                 "gen-2/train.step@2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    retrained = run / "gen-1" / "model.keras"
+    assert retrained.read_bytes() != old
+    stamp = (retrained.read_bytes(), retrained.stat().st_mtime_ns)
+    assert json.loads((run / "run.json").read_text())["retrain_from"] == 1
+    again = subprocess.run(argv, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    # The same request resumed the retraining: gen-1 was kept.
+    assert (retrained.read_bytes(), retrained.stat().st_mtime_ns) == stamp
+    assert "retrain_from" not in json.loads((run / "run.json").read_text())
+
+
+def test_the_resume_command_never_discards_work():
+    from kdtrain import commands
+
+    assert commands._resume_arguments(
+        ["ban", "--retrain-from", "2", "--epochs", "3", "--overwrite",
+         "--retrain-from=1", "--seed", "4"]
+    ) == ["ban", "--epochs", "3", "--seed", "4"]
+
+
+def test_overwrite_refuses_a_manifest_edited_by_hand(run, tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep")
+    run_file = run / "run.json"
+    manifest = json.loads(run_file.read_text())
+    manifest["manifest"].append("../outside")
+    run_file.write_text(json.dumps(manifest))
+    code, _, err = kdtrain(capsys, "ban", *TINY, "--epochs", "2",
+                           "--directory", str(run), "--overwrite")
+    assert code == cli.EXIT_USAGE
+    assert "names kdtrain never writes (../outside)" in err
+    assert (outside / "precious.txt").read_text() == "keep"
+
+
+# Python-API reruns -------------------------------------------------------------
+
+
+def _python_runner(directory, **kwargs):
+    import kdtrain
+
+    return kdtrain.GenerationRunner(
+        lambda: tiny_mlp(num_classes=10, input_shape=(64,)), generations=1,
+        directory=directory, seed=0, progress=False, tensorboard=False,
+        verbose=0, **kwargs,
+    )
+
+
+def test_other_data_of_the_same_shape_is_another_chain(digits, tmp_path):
+    from kdtrain.chain import ConfigurationMismatch
+
+    x, y = digits
+    _python_runner(tmp_path).run((x[:200], y[:200]), epochs=1, batch_size=50)
+    with pytest.raises(ConfigurationMismatch, match="samples_sha256"):
+        _python_runner(tmp_path).run((x[200:400], y[200:400]), epochs=1,
+                                     batch_size=50)
+
+
+def test_a_rerun_without_evaluation_keeps_the_table(digits, tmp_path):
+    x, y = digits
+    data = dict(test_data=(x[300:400], y[300:400]), epochs=1, batch_size=50)
+    first = _python_runner(tmp_path).run((x[:300], y[:300]), **data)
+    results = (tmp_path / "results.json").read_bytes()
+    again = _python_runner(tmp_path).run((x[:300], y[:300]), evaluate=False,
+                                         **data)
+    assert again.table == first.table
+    assert (tmp_path / "results.json").read_bytes() == results
+
+
+def test_a_damaged_results_file_is_rebuilt_by_a_rerun(digits, tmp_path):
+    x, y = digits
+    data = dict(test_data=(x[300:400], y[300:400]), epochs=1, batch_size=50)
+    first = _python_runner(tmp_path).run((x[:300], y[:300]), **data)
+    (tmp_path / "results.json").write_text("{torn")
+    with pytest.warns(UserWarning, match="results.json is damaged"):
+        again = _python_runner(tmp_path).run((x[:300], y[:300]), **data)
+    assert [r["accuracy"] for r in again.table] == [
+        r["accuracy"] for r in first.table
+    ]
+    assert json.loads((tmp_path / "results.json").read_text())["complete"]
+

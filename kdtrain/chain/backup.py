@@ -41,6 +41,20 @@ _KERAS_STATE = (
 )
 
 
+def _state_value(value):
+    """A callback's state value as JSON; refuses what would not read back."""
+    if hasattr(value, "__array__") or hasattr(value, "numpy"):
+        array = np.asarray(value)
+        if array.dtype.kind in "biuf":
+            return array.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(
+        f"A backup cannot keep the callback state value {value!r} "
+        f"({type(value).__name__}): give get_state() JSON values."
+    )
+
+
 def _state_of(obj):
     """`(json_state, arrays or None)` of a stateful object, or None."""
     if hasattr(obj, "get_state") and hasattr(obj, "set_state"):
@@ -123,6 +137,8 @@ class GenerationBackup(keras.callbacks.Callback):
     def _check(self, folder):
         """The backup's state, after checking every file's SHA-256."""
         state = files.read_json(os.path.join(folder, STATE_FILE))
+        if WEIGHTS_FILE not in state["sha256"]:
+            raise ValueError(f"{folder} lists no {WEIGHTS_FILE}")
         for name, digest in state["sha256"].items():
             path = os.path.join(folder, name)
             if not os.path.isfile(path):
@@ -140,10 +156,15 @@ class GenerationBackup(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         skipped = []
+        fresh = None
         for folder in self.backups():
             try:
                 state = self._check(folder)
-            except (OSError, ValueError, KeyError, TypeError) as error:
+                fresh = fresh or self._snapshot()
+                self._load(folder, state)
+            except Exception as error:  # noqa: BLE001 - any unusable backup
+                if fresh is not None:
+                    self._restore_snapshot(fresh)
                 skipped.append(folder)
                 warnings.warn(
                     f"The backup {folder} of {self.label} cannot be used "
@@ -151,7 +172,6 @@ class GenerationBackup(keras.callbacks.Callback):
                     stacklevel=2,
                 )
                 continue
-            self._load(folder, state)
             for newer in skipped:
                 files.remove(newer)
             return
@@ -165,10 +185,24 @@ class GenerationBackup(keras.callbacks.Callback):
             for folder in skipped:
                 files.remove(folder)
 
-    def _load(self, folder, state):
+    def _snapshot(self):
+        """The model's and optimizer's values before a restore is tried."""
         model = self.model
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
+        variables = list(model.weights)
+        if model.optimizer is not None:
+            variables += list(model.optimizer.variables)
+        return [(v, keras.ops.convert_to_numpy(v)) for v in variables]
+
+    @staticmethod
+    def _restore_snapshot(snapshot):
+        """Undoes a restore that failed halfway."""
+        for variable, value in snapshot:
+            variable.assign(value)
+
+    def _load(self, folder, state):
+        model = self.model
         model.load_weights(os.path.join(folder, WEIGHTS_FILE))
         arrays = {}
         if ARRAYS_FILE in state["sha256"]:
@@ -204,12 +238,13 @@ class GenerationBackup(keras.callbacks.Callback):
             previous = self.backups()
             kept = (f"The previous backup ({previous[0]}) is intact"
                     if previous else "There is no earlier backup")
-            raise OSError(
-                error.errno,
+            message = (
                 f"Could not write the backup of {self.label} after epoch "
                 f"{epoch + 1} to {final}: {error.strerror or error}. {kept}; "
-                "free some space and run the same command again to resume.",
-            ) from error
+                "free some space and run the same command again to resume."
+            )
+            raise (OSError(error.errno, message) if error.errno
+                   else OSError(message)) from error
         if self.fault_prefix:
             fault_point(f"{self.fault_prefix}/backup.written")
         for old in self.backups()[2:]:
@@ -240,4 +275,4 @@ class GenerationBackup(keras.callbacks.Callback):
             },
         }
         with open(os.path.join(folder, STATE_FILE), "w") as file:
-            file.write(json.dumps(state, default=files.json_default))
+            file.write(json.dumps(state, default=_state_value))

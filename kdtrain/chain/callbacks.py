@@ -155,7 +155,7 @@ def seed_generators(*objects):
         if isinstance(obj, keras.Layer):
             for layer in obj._flatten_layers(include_self=True):
                 found.extend(getattr(layer, "_seed_generators", ()))
-        else:
+        elif hasattr(obj, "__dict__"):
             found.extend(
                 value for value in vars(obj).values()
                 if isinstance(value, keras.random.SeedGenerator)

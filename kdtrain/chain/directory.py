@@ -27,6 +27,7 @@ finished generation (with the same SHA-256) that taught it.
 
 import os
 import re
+import warnings
 
 from callbacks.generation import generation_name as generation_dir_name
 from kdtrain import files
@@ -49,6 +50,11 @@ RECORD_FILE = "record.json"
 BACKUP_DIR = "backup"
 CACHE_DIR = "cache"
 _WORKER = re.compile(r"^worker-\d+$")
+# What a manifest may list: the only names kdtrain writes at the top level.
+_OWN_NAME = re.compile(
+    r"^(\.kdtrain\.lock|run\.json|results\.json|config\.toml|logs"
+    r"|report\.(md|png)|gen-\d+|worker-\d+)$"
+)
 
 
 def worker_directory(directory, strategy=None):
@@ -187,9 +193,9 @@ class ChainDirectory:
             ConfigurationMismatch: Another configuration, without overwrite.
             RunDirectoryError: Files that are not kdtrain's.
         """
-        self.remove_temporaries()
         run = self.read_run()
         if run is not None and run.get("config") == config:
+            self.remove_temporaries()
             return True
         if run is None:
             self.refuse_foreign()
@@ -205,6 +211,7 @@ class ChainDirectory:
             )
         else:
             self._clear(run)
+        self.remove_temporaries()
         files.write_json_atomically(self.file(RUN_FILE), {
             "format": FORMAT,
             "config": config,
@@ -243,6 +250,14 @@ class ChainDirectory:
 
     def _clear(self, run):
         manifest = set(run.get("manifest") or ())
+        strange = sorted(n for n in manifest if not _OWN_NAME.match(n))
+        if strange:
+            raise RunDirectoryError(
+                f"{self.file(RUN_FILE)} lists names kdtrain never writes "
+                f"({_listing(strange)}): it was changed by hand. Nothing was "
+                "changed; clear the directory yourself or use {directory}.",
+                self.path,
+            )
         foreign = self._foreign(manifest)
         if foreign:
             raise RunDirectoryError(
@@ -252,18 +267,39 @@ class ChainDirectory:
                 "or use {directory}.",
                 self.path,
             )
-        # run.json goes last: a crash midway leaves a run still known as
-        # kdtrain's, which the same command clears again.
-        for name in sorted(manifest - {LOCK_FILE, RUN_FILE}):
+        # The results go first, the generations from the last down, run.json
+        # last: a crash midway leaves a run still known as kdtrain's, which
+        # the same command clears again.
+        def order(name):
+            match = re.fullmatch(r"gen-(\d+)", name)
+            return (name != RESULTS_FILE, -int(match.group(1)) if match else 0,
+                    name)
+
+        for name in sorted(manifest - {LOCK_FILE, RUN_FILE}, key=order):
             files.remove(self.file(name))
 
     def remove_temporaries(self):
-        """Removes the temporary files a killed writer left behind."""
-        for root, folders, names in os.walk(self.path):
-            for name in folders + names:
-                if files.is_temporary(name):
-                    files.remove(os.path.join(root, name))
-            folders[:] = [f for f in folders if not files.is_temporary(f)]
+        """Removes the temporary files a killed writer left behind.
+
+        Only where kdtrain writes: the top level and the generations'
+        folders (not foreign folders, nor other workers' directories).
+        """
+        for name in os.listdir(self.path):
+            path = self.file(name)
+            if files.is_temporary(name):
+                files.remove(path)
+            elif re.fullmatch(r"gen-\d+", name) and os.path.isdir(path):
+                for root, folders, names in os.walk(path):
+                    for entry in folders + names:
+                        if files.is_temporary(entry):
+                            files.remove(os.path.join(root, entry))
+                    folders[:] = [f for f in folders
+                                  if not files.is_temporary(f)]
+
+    def remove_scratch(self, generation):
+        """Removes a finished generation's backups and cache, if left."""
+        files.remove(self.backup_dir(generation))
+        files.remove(self.cache_dir(generation))
 
     # Finished generations ----------------------------------------------------
 
@@ -280,9 +316,21 @@ class ChainDirectory:
     def read_record(self, generation):
         """`gen-K/record.json`, or None when K has not finished."""
         path = self.record_path(generation)
-        return self._read(path) if os.path.exists(path) else None
+        if not os.path.exists(path):
+            return None
+        try:
+            return files.read_json(path)
+        except files.DamagedFileError as error:
+            raise RunDirectoryError(
+                f"{error} Nothing was changed; restore the file, or pass "
+                "{retrain_from} to train that generation and the later ones "
+                "again.",
+                self.path,
+                generation=generation,
+            ) from None
 
-    def finished_records(self, first, last, retrain_from=None):
+    def finished_records(self, first, last, retrain_from=None,
+                         lenient=False):
         """The records of the finished, current generations `first..last`.
 
         Generation K counts when its record and its model file agree
@@ -292,6 +340,13 @@ class ChainDirectory:
         refused, naming them, unless `retrain_from` discards it: then it
         and every later generation are deleted and trained again.
 
+        Args:
+            first, last: The generations of the chain.
+            retrain_from: Optional generation to discard with every later
+                one (see `retrain`).
+            lenient: Whether a damaged `results.json` is ignored with a
+                warning (it is rebuilt at the end) instead of refused.
+
         Returns:
             A dict from generation to its record.
 
@@ -299,8 +354,28 @@ class ChainDirectory:
             RunDirectoryError: Missing, changed or stale generations.
         """
         if retrain_from is not None:
-            self.discard_generations(retrain_from, last)
-        known = self._known_records(first, last)
+            self.retrain(first, retrain_from, last, lenient)
+        return self._current_records(first, last, lenient)
+
+    def retrain(self, first, start, last, lenient=False):
+        """Discards generations `start..last` to train them again.
+
+        The generations before `start` are checked first (a problem there
+        changes nothing). The request is recorded in `run.json` before
+        anything is deleted and cleared when the chain completes, so the
+        same request after a crash resumes the retraining instead of
+        discarding what it has trained since.
+        """
+        run = self.read_run()
+        if run.get("retrain_from") == start:
+            return
+        self._current_records(first, start - 1, lenient)
+        files.write_json_atomically(self.file(RUN_FILE),
+                                    {**run, "retrain_from": start})
+        self.discard_generations(start, last)
+
+    def _current_records(self, first, last, lenient):
+        known = self._known_records(first, last, lenient)
         records, problems = {}, []
         for generation in range(first, last + 1):
             record = known.get(generation)
@@ -334,9 +409,9 @@ class ChainDirectory:
             )
         return records
 
-    def _known_records(self, first, last):
+    def _known_records(self, first, last, lenient):
         """Records of gen-K/record.json, else of a finished results.json."""
-        results = self.read_results() or {}
+        results = self.read_results(lenient) or {}
         by_name = {
             record.get("generation"): record
             for record in (results.get("generations") or {}).values()
@@ -363,9 +438,13 @@ class ChainDirectory:
         return None
 
     def discard_generations(self, start, last):
-        """Deletes generations `start..last` and the results built on them."""
+        """Deletes generations `start..last` and the results built on them.
+
+        The results go first and the generations from the last down, so a
+        crash midway never leaves a generation whose teacher is gone.
+        """
         files.remove(self.results_path)
-        for generation in range(start, last + 1):
+        for generation in range(last, start - 1, -1):
             files.remove(self.generation_dir(generation))
 
     def load_model(self, generation, record):
@@ -404,6 +483,7 @@ class ChainDirectory:
         Returns:
             The record as written.
         """
+        self.lock.verify()
         name = generation_dir_name(generation)
         os.makedirs(self.generation_dir(generation), exist_ok=True)
         path = self.model_path(generation)
@@ -414,16 +494,30 @@ class ChainDirectory:
                   "sha256": files.sha256_file(path)}
         files.write_json_atomically(self.record_path(generation), record)
         fault_point(f"{name}/record.written")
-        files.remove(self.backup_dir(generation))
-        files.remove(self.cache_dir(generation))
+        self.remove_scratch(generation)
         return record
 
     # Results -----------------------------------------------------------------
 
-    def read_results(self):
-        """`results.json`, or None when the chain has not finished."""
+    def read_results(self, lenient=False):
+        """`results.json`, or None when the chain has not finished.
+
+        Args:
+            lenient: Whether a damaged file counts as absent (with a
+                warning: it is derived from the records and rebuilt)
+                instead of being refused.
+        """
         path = self.results_path
-        return self._read(path) if os.path.exists(path) else None
+        if not os.path.exists(path):
+            return None
+        if not lenient:
+            return self._read(path)
+        try:
+            return files.read_json(path)
+        except files.DamagedFileError as error:
+            warnings.warn(f"{error} It is rebuilt from the generations' "
+                          "records.", stacklevel=2)
+            return None
 
     def write_results(self, results):
         """Writes a finished chain's results (never an unfinished version)."""
@@ -433,9 +527,14 @@ class ChainDirectory:
             with open(self.results_path) as file:
                 if file.read() == files.to_json(results):
                     return
+        self.lock.verify()
         files.write_json_atomically(
             self.results_path, results, fault="results.write"
         )
+        run = self.read_run()
+        if run and "retrain_from" in run:  # The retraining is complete.
+            del run["retrain_from"]
+            files.write_json_atomically(self.file(RUN_FILE), run)
 
     def write_config_text(self, text):
         """Writes `config.toml` (the command line's settings)."""

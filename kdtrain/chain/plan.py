@@ -7,6 +7,7 @@ the chain. It trains nothing and writes nothing.
 """
 
 import dataclasses
+import hashlib
 
 import keras
 
@@ -49,6 +50,8 @@ class ChainPlan:
         shuffle: Whether training reshuffles the samples every epoch.
         config: The configuration that identifies the chain.
         first: The first generation trained here (1 with a given teacher).
+        training_arrays: The training split read into `TrainingArrays`
+            when `arrays` (or given as arrays), else None.
     """
 
     train: DataSplit
@@ -66,6 +69,7 @@ class ChainPlan:
     shuffle: bool
     config: dict
     first: int
+    training_arrays: object = None
 
 
 def _check_epochs(epochs, teacher_epochs):
@@ -221,8 +225,11 @@ def make_plan(runner, factory, train_data, validation_data, test_data,
     labels = _label_format(splits, classes)
     for data in splits.values():
         data.check_labels(classes, labels)
+    arrays = None
+    if cache or runner.deterministic or train.kind == "arrays":
+        arrays = train.training_arrays(canonical=runner.deterministic)
     config = configuration(runner, splits, epochs, teacher_epochs,
-                           fit_kwargs, probe, callbacks)
+                           fit_kwargs, probe, callbacks, arrays)
     if runner.build_teacher is not None:
         config["teacher"] = normalize(
             {"build": architecture_fingerprint(teacher_probe)}
@@ -248,12 +255,17 @@ def make_plan(runner, factory, train_data, validation_data, test_data,
         shuffle=train.shuffled(fit_kwargs),
         config=config,
         first=0 if runner.teacher is None else 1,
+        training_arrays=arrays,
     )
 
 
 def configuration(runner, splits, epochs, teacher_epochs, fit_kwargs, probe,
-                  callbacks):
-    """The settings that identify a chain: a resume must match them."""
+                  callbacks, arrays=None):
+    """The settings that identify a chain: a resume must match them.
+
+    With the training split in `arrays`, its samples' keys are part of it:
+    other data of the same shape is another chain.
+    """
     loss = runner.distillation_loss
     config = {
         "callbacks": describe_callbacks(callbacks),
@@ -297,4 +309,8 @@ def configuration(runner, splits, epochs, teacher_epochs, fit_kwargs, probe,
             **architecture_fingerprint(runner.teacher),
             "weights_sha256": weights_fingerprint(runner.teacher),
         }
+    if arrays is not None:
+        config["data"]["train"]["samples_sha256"] = hashlib.sha256(
+            arrays.keys.tobytes()
+        ).hexdigest()
     return normalize(config)

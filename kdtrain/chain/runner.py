@@ -14,12 +14,13 @@ import sys
 
 import tensorflow as tf
 
+from callbacks.generation import generation_name
 from kdtrain import losses as losses_module
 from kdtrain import validation
 from kdtrain.chain.callbacks import ChainEvents
 from kdtrain.chain.callbacks import check_monitor
-from kdtrain.chain.callbacks import monitors
 from kdtrain.chain.callbacks import is_chain_callback
+from kdtrain.chain.callbacks import monitors
 from kdtrain.chain.config import summary
 from kdtrain.chain.directory import ChainDirectory
 from kdtrain.chain.directory import worker_directory
@@ -34,6 +35,7 @@ from kdtrain.chain.results import model_label
 from kdtrain.chain.results import model_name
 from kdtrain.chain.results import table_splits
 from kdtrain.chain.training import GenerationTrainer
+from kdtrain.faults import fault_point
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import validate_output_kind
 
@@ -398,7 +400,8 @@ class GenerationRunner:
                     directory.claim(plan.config, self.generations,
                                     overwrite=self.overwrite)
                     finished = directory.finished_records(
-                        plan.first, self.generations, self.retrain_from
+                        plan.first, self.generations, self.retrain_from,
+                        lenient=True,
                     )
                 return self._run_chain(plan, factory, directory, finished,
                                        epoch_seed)
@@ -448,7 +451,9 @@ class GenerationRunner:
             events.on_chain_end(ending)
 
     def _load(self, directory, factory, index, record):
+        fault_point(f"{generation_name(index)}/model.load")
         model = factory.adopt(directory.load_model(index, record))
+        directory.remove_scratch(index)  # left by a crash after the record
         kind = record.get("output_kind") or resolve_output_kind(
             model, self.student_outputs, "student_outputs"
         )
@@ -457,10 +462,11 @@ class GenerationRunner:
 
     def _finish(self, plan, directory, generations, evaluation):
         """The table (reused from a finished run's results), results.json."""
-        saved = directory.read_results() if directory else None
+        saved = directory.read_results(lenient=True) if directory else None
+        # A finished run's table stands, also for a rerun without evaluation.
         reuse = bool(saved and saved.get("complete") and saved.get("table")
-                     is not None and table_splits(saved["table"]) == list(
-                         plan.evaluation_splits))
+                     is not None and (not plan.evaluation_splits or table_splits(
+                         saved["table"]) == list(plan.evaluation_splits)))
         if reuse and all(g.record.get("sha256") for g in generations[
                 plan.first:]):
             table = saved["table"]

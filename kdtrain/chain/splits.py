@@ -220,13 +220,14 @@ class DataSplit:
             return pipelines.is_randomized(self.data)
         return None
 
-    def training_arrays(self):
+    def training_arrays(self, canonical=False):
         """The split as `TrainingArrays`, the same in every process.
 
         Arrays, and a dataset that does not shuffle, keep their order. A
-        shuffling dataset is read once and its samples are sorted by key,
-        so the order never depends on the state of the pipeline's shuffling
-        (which differs in a resumed process).
+        shuffling dataset (or any dataset, with `canonical`) is read once
+        and its samples are sorted by key, so the order never depends on
+        the state of the pipeline (its shuffling differs in a resumed
+        process).
         """
         if self.kind == "arrays":
             x, y, weight = self.x, self.y, self.sample_weight
@@ -235,7 +236,9 @@ class DataSplit:
         else:
             x, y, weight, batch_size = pipelines.materialize(self.data)
             keys = sample_keys(x, y, weight)
-        if self.kind == "dataset" and pipelines.is_shuffled(self.data):
+        if self.kind == "dataset" and (
+            canonical or pipelines.is_shuffled(self.data)
+        ):
             order = np.argsort(keys, kind="stable")
             x, y, weight = [
                 None if part is None else keras.tree.map_structure(

@@ -75,7 +75,11 @@ class GenerationTrainer:
     def arrays(self):
         """The training split as `TrainingArrays`, read once."""
         if self._arrays is None:
-            self._arrays = self.plan.train.training_arrays()
+            self._arrays = self.plan.training_arrays or (
+                self.plan.train.training_arrays(
+                    canonical=self.runner.deterministic
+                )
+            )
         return self._arrays
 
     # One generation ----------------------------------------------------------
@@ -161,13 +165,15 @@ class GenerationTrainer:
         """The teacher's outputs on the training arrays: reused, or computed."""
         teacher, arrays = source.model, self.arrays
         fingerprint = weights_fingerprint(teacher)
-        if self._cache is not None and self._cache.fingerprint == fingerprint:
-            return self._cache
         folder = self.directory.cache_dir(index) if self.directory else None
+        name = generation_dir_name(index)
+        if self._cache is not None and self._cache.fingerprint == fingerprint:
+            if folder and not TeacherOutputCache.exists(folder):
+                self._cache.save(folder, fault=f"{name}/cache.write")
+            return self._cache
         cache = None
         if folder and TeacherOutputCache.exists(folder):
             cache = self._load_cache(folder, source)
-        name = generation_dir_name(index)
         if cache is None:
             self.runner.say(f"Caching the outputs of {source.label}")
             cache = TeacherOutputCache.compute(
@@ -224,7 +230,10 @@ class GenerationTrainer:
         if own_pipeline or runner.deterministic:
             random_objects = []
             if runner.deterministic:
-                random_objects = [trainer, runner.distillation_loss]
+                random_objects = [
+                    obj for obj in (trainer, runner.distillation_loss)
+                    if obj is not None
+                ]
             internal.append(EpochSeed(self.epoch_seed, runner.base_seed,
                                       index, random_objects))
         internal.append(record)
