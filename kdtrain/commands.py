@@ -300,8 +300,19 @@ def _dry_run(settings, model_names):
 def _train(settings, generations, build_teacher=None):
     """Loads the data, checks everything, runs the chain."""
     DirectoryLock(settings.directory).check()  # Refuse at once if in use.
+    options, augmentation = data_options(settings), None
+    if settings.deterministic and settings.augment != "none":
+        # The runner augments, each batch's draws from its seeds.
+        if settings.scaling == "normalize":
+            raise UsageError(
+                "--deterministic augments after the data are scaled, which "
+                "--scaling normalize would reorder; use --scaling rescale."
+            )
+        options["augment"] = None
+        augmentation = data_module.augmentation(settings.augment,
+                                                seed=settings.seed)
     try:
-        loaded = data_module.load(settings.dataset, **data_options(settings))
+        loaded = data_module.load(settings.dataset, **options)
         if build_teacher is not None:
             build_teacher = model_builder(build_teacher, loaded.info, settings)
         runner = _runner(settings, loaded.info, generations, build_teacher)
@@ -323,6 +334,7 @@ def _train(settings, generations, build_teacher=None):
             epochs=settings.epochs,
             teacher_epochs=settings.teacher_epochs,
             callbacks=chain_callbacks,
+            augmentation=augmentation,
         )
     except RunDirectoryError:
         raise

@@ -155,8 +155,66 @@ def indexed_batches(count, batch_size, shuffle=True, seed=None,
     )
 
 
+class _BatchSeed(keras.random.SeedGenerator):
+    """Seeds a layer's random draws from one batch's seed, statelessly.
+
+    Keras' random preprocessing layers draw from a `SeedGenerator` whose
+    state advances with every call, wherever the pipeline happens to be;
+    this one derives every draw from the batch's own seed instead.
+    """
+
+    def __init__(self, seed):  # pylint: disable=super-init-not-called
+        # No state variable: there is nothing to advance.
+        self._seed = seed
+        self._draws = 0
+
+    def next(self, ordered=True):
+        self._draws += 1
+        return tf.random.experimental.stateless_fold_in(self._seed,
+                                                        self._draws)
+
+
+def is_stateless_augmentation(augmentation):
+    """Whether `augment_statelessly` can apply `augmentation`.
+
+    True for a Keras random image preprocessing layer (`RandomFlip`,
+    `RandomRotation`...) or a `keras.Sequential` of them.
+    """
+    layers = (augmentation.layers if isinstance(augmentation, keras.Sequential)
+              else [augmentation])
+    return bool(layers) and all(
+        callable(getattr(layer, "get_random_transformation", None))
+        and callable(getattr(layer, "transform_images", None))
+        for layer in layers
+    )
+
+
+def augment_statelessly(augmentation, images, seed):
+    """Applies random image layers with every draw derived from `seed`.
+
+    Args:
+        augmentation: A layer or `keras.Sequential` that
+            `is_stateless_augmentation` accepts.
+        images: A batch of images.
+        seed: An int64 tensor of shape (2,): the same seed gives the same
+            images, whenever and wherever the batch is made.
+
+    Returns:
+        The augmented batch.
+    """
+    layers = (augmentation.layers if isinstance(augmentation, keras.Sequential)
+              else [augmentation])
+    generator = _BatchSeed(seed)
+    for layer in layers:
+        transformation = layer.get_random_transformation(
+            images, training=True, seed=generator
+        )
+        images = layer.transform_images(images, transformation, training=True)
+    return images
+
+
 def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
-                  seed=None, epoch_seed=None, logits=None):
+                  seed=None, epoch_seed=None, logits=None, augmentation=None):
     """A `tf.data` pipeline of batches gathered from arrays by index.
 
     Args:
@@ -164,6 +222,9 @@ def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
         batch_size, shuffle, seed, epoch_seed: As for `indexed_batches`.
         logits: Optional teacher logits per sample, packed into the inputs
             with `pack_inputs`.
+        augmentation: Optional random image layers applied to `x`, each
+            batch's draws derived from `epoch_seed` and the batch's index
+            (`augment_statelessly`); needs `epoch_seed`.
 
     Returns:
         A dataset of `(x, y, sample_weight)` batches (without the `None`
@@ -171,6 +232,8 @@ def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
     """
     if sample_weight is not None and y is None:
         raise ValueError("`sample_weight` needs labels `y`.")
+    if augmentation is not None and epoch_seed is None:
+        raise ValueError("`augmentation` draws from `epoch_seed`: pass both.")
     arrays = [
         None if a is None else keras.tree.map_structure(
             tf.convert_to_tensor, a
@@ -178,19 +241,25 @@ def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
         for a in (x, y, sample_weight)
     ]
 
-    def gather(indices):
+    def gather(step, indices):
         x, y, weight = [
             None if a is None else keras.tree.map_structure(
                 lambda v: tf.gather(v, indices), a
             )
             for a in arrays
         ]
+        if augmentation is not None:
+            seed = tf.random.experimental.stateless_fold_in(
+                epoch_seed.read_value(), step
+            )
+            x = augment_statelessly(augmentation, x, seed)
         if logits is not None:
             x = pack_inputs(x, _gather(logits, indices))
         return tuple(v for v in (x, y, weight) if v is not None)
 
     return (
         indexed_batches(num_samples(x), batch_size, shuffle, seed, epoch_seed)
+        .enumerate()
         .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -32,6 +32,8 @@ ARGS = ["ban", "--model", "tiny-mlp", "--generations", "3", "--epochs", "3",
 RANDOM_ARGS = [*ARGS, "--model", "tiny-mlp-dropout", "--loss", "dkpp",
                "--early-stopping-patience", "1", "--epochs", "4",
                "--learning-rate", "0.05"]
+# The runner augments the images, each batch's draws from its seeds.
+AUGMENT_ARGS = [*ARGS, "--augment", "mnist"]
 HANG_GUARD = 900  # seconds; a run takes about ten
 
 # name -> (fault, what the first run must end with)
@@ -147,6 +149,13 @@ RANDOM_KILLS = {
 }
 
 
+# name -> fault, in a chain of AUGMENT_ARGS
+AUGMENT_KILLS = {
+    "augmented teacher mid-epoch": "gen-0/train.step@30",
+    "augmented student mid-epoch": "gen-2/train.step@50",
+}
+
+
 def kill_and_rerun(directory, fault, damage=None, args=ARGS):
     killed = run_chain(directory, fault, args)
     if damage is not None:
@@ -172,6 +181,8 @@ def outcomes(tmp_path_factory):
             pool.submit(run_chain, root / "reference"),
             pool.submit(run_chain, root / "reference-random", None,
                         RANDOM_ARGS),
+            pool.submit(run_chain, root / "reference-augment", None,
+                        AUGMENT_ARGS),
         ]
         jobs = {
             name: pool.submit(kill_and_rerun, root / f"run-{i}", *scenario)
@@ -182,6 +193,11 @@ def outcomes(tmp_path_factory):
                               None, RANDOM_ARGS)
             for i, (name, fault) in enumerate(RANDOM_KILLS.items())
         })
+        jobs.update({
+            name: pool.submit(kill_and_rerun, root / f"augment-{i}", fault,
+                              None, AUGMENT_ARGS)
+            for i, (name, fault) in enumerate(AUGMENT_KILLS.items())
+        })
         results = {name: job.result() for name, job in jobs.items()}
         references = [job.result() for job in references]
     for reference in references:
@@ -190,15 +206,17 @@ def outcomes(tmp_path_factory):
         "plain": (table(references[0].stdout), numbers(root / "reference")),
         "random": (table(references[1].stdout),
                    numbers(root / "reference-random")),
+        "augment": (table(references[2].stdout),
+                    numbers(root / "reference-augment")),
     }, results
 
 
 def resumed(outcomes, name):
     """A scenario's outcome, after the checks every rerun must pass."""
     references, results = outcomes
-    reference, reference_numbers = references[
-        "random" if name in RANDOM_KILLS else "plain"
-    ]
+    kind = ("random" if name in RANDOM_KILLS
+            else "augment" if name in AUGMENT_KILLS else "plain")
+    reference, reference_numbers = references[kind]
     outcome = results[name]
     rerun = outcome["rerun"]
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -212,7 +230,7 @@ def resumed(outcomes, name):
     return outcome
 
 
-@pytest.mark.parametrize("name", [*KILLS, *RANDOM_KILLS])
+@pytest.mark.parametrize("name", [*KILLS, *RANDOM_KILLS, *AUGMENT_KILLS])
 def test_a_killed_chain_resumes_to_the_uninterrupted_table(outcomes, name):
     outcome = resumed(outcomes, name)
     killed = outcome["killed"]

@@ -107,7 +107,8 @@ class GenerationBackup(keras.callbacks.Callback):
     ```python
     stop = keras.callbacks.EarlyStopping(patience=3)
     backup = GenerationBackup("run/backup", stateful_objects=[stop])
-    model.fit(x, y, epochs=20, callbacks=[stop, backup])  # run it again after a crash
+    # After a crash, the same call resumes at the last backed-up epoch.
+    model.fit(x, y, epochs=20, callbacks=[stop, backup])
     ```
     """
 
@@ -120,7 +121,7 @@ class GenerationBackup(keras.callbacks.Callback):
         self.fault_prefix = fault_prefix
         self.restored_epochs = 0
 
-    # Restoring ----------------------------------------------------------------
+    # Restoring ---------------------------------------------------------------
 
     def backups(self):
         """The backup folders, newest first."""
@@ -223,7 +224,7 @@ class GenerationBackup(keras.callbacks.Callback):
         epochs = self.params.get("epochs", done)
         model._initial_epoch = epochs if state["stopped"] else done
 
-    # Saving ---------------------------------------------------------------------
+    # Saving ------------------------------------------------------------------
 
     def on_epoch_end(self, epoch, logs=None):
         final = os.path.join(self.backup_dir, f"epoch-{epoch + 1:04d}")

@@ -39,7 +39,7 @@ class RunDirectoryError(ValueError):
         super().__init__(self.describe("python"))
 
     def describe(self, interface="python"):
-        """The message, with remedies as `interface` (`"python"`, `"cli"`) spells them."""
+        """The message, its remedies spelled for `"python"` or `"cli"`."""
         text = self.template
         for placeholder, words in SPELLINGS[interface].items():
             text = text.replace(

@@ -21,6 +21,7 @@ from kdtrain.chain.config import strip_names
 from kdtrain.chain.models import output_shape
 from kdtrain.chain.splits import DataSplit
 from kdtrain.features import plan_feature_losses
+from kdtrain.pipelines import is_stateless_augmentation
 from kdtrain.outputs import label_format
 
 _RESERVED_FIT_ARGUMENTS = (
@@ -52,6 +53,8 @@ class ChainPlan:
         first: The first generation trained here (1 with a given teacher).
         training_arrays: The training split read into `TrainingArrays`
             when `arrays` (or given as arrays), else None.
+        augmentation: Random image layers the runner applies to training
+            batches, or None.
     """
 
     train: DataSplit
@@ -70,6 +73,7 @@ class ChainPlan:
     config: dict
     first: int
     training_arrays: object = None
+    augmentation: object = None
 
 
 def _check_epochs(epochs, teacher_epochs):
@@ -123,9 +127,18 @@ def _check_label_presence(runner, splits):
             )
 
 
-def _use_cache(runner, train):
+def _use_cache(runner, train, augmentation):
     """Whether students train from cached teacher outputs."""
     if runner.cache_teacher is False:
+        return False
+    if augmentation is not None:
+        if runner.cache_teacher is True:
+            raise ValueError(
+                "cache_teacher=True, but `augmentation` changes the images "
+                "every epoch: the teacher must see the same augmented batch "
+                "as the student (Beyer et al. 2021). Pass cache_teacher="
+                "'auto' or False."
+            )
         return False
     if runner.feature_losses:
         if runner.cache_teacher is True:
@@ -156,15 +169,28 @@ def _use_cache(runner, train):
     return True
 
 
-def _check_deterministic(train):
+def _check_readable_once(train, why):
     augmented = train.augmented()
     if augmented is not False:
         kind = ("a keras.utils.PyDataset" if augmented is None
                 else "a randomly augmented tf.data pipeline")
         raise ValueError(
-            "deterministic=True fixes the order of every epoch itself, so it "
-            "needs `train_data` whose samples it can read once: arrays or a "
-            f"tf.data.Dataset without random ops; received {kind}."
+            f"{why}, so it needs `train_data` whose samples it can read "
+            "once: arrays or a tf.data.Dataset without random ops; received "
+            f"{kind}. Pass the data unaugmented and the random layers as "
+            "run(augmentation=...)."
+        )
+
+
+def _check_augmentation(augmentation):
+    if augmentation is not None and not is_stateless_augmentation(
+        augmentation
+    ):
+        raise ValueError(
+            "`augmentation` takes Keras random image preprocessing layers "
+            "(RandomFlip, RandomRotation...) or a keras.Sequential of them, "
+            "such as kdtrain.data.augmentation('cifar'). Received: "
+            f"augmentation={augmentation!r}"
         )
 
 
@@ -207,7 +233,7 @@ def _label_format(splits, classes):
 
 def make_plan(runner, factory, train_data, validation_data, test_data,
               epochs, teacher_epochs, callbacks, batch_size, evaluate,
-              fit_kwargs):
+              fit_kwargs, augmentation=None):
     """Checks the arguments of `GenerationRunner.run`; returns a `ChainPlan`.
 
     Raises:
@@ -218,18 +244,29 @@ def make_plan(runner, factory, train_data, validation_data, test_data,
     splits = _splits(train_data, validation_data, test_data, batch_size)
     train = splits["train"]
     _check_label_presence(runner, splits)
-    cache = _use_cache(runner, train)
+    _check_augmentation(augmentation)
+    cache = _use_cache(runner, train, augmentation)
     if runner.deterministic:
-        _check_deterministic(train)
+        _check_readable_once(
+            train, "deterministic=True orders every epoch itself"
+        )
+    elif augmentation is not None:
+        _check_readable_once(
+            train, "`augmentation` is applied by the runner's own pipeline"
+        )
     sample_x, probe, teacher_probe, classes = _probe(runner, factory, splits)
     labels = _label_format(splits, classes)
     for data in splits.values():
         data.check_labels(classes, labels)
+    own_pipeline = cache or runner.deterministic or augmentation is not None
     arrays = None
-    if cache or runner.deterministic or train.kind == "arrays":
+    if own_pipeline or train.kind == "arrays":
         arrays = train.training_arrays(canonical=runner.deterministic)
     config = configuration(runner, splits, epochs, teacher_epochs,
                            fit_kwargs, probe, callbacks, arrays)
+    config["augmentation"] = None if augmentation is None else normalize(
+        strip_names(keras.saving.serialize_keras_object(augmentation))
+    )
     if runner.build_teacher is not None:
         config["teacher"] = normalize(
             {"build": architecture_fingerprint(teacher_probe)}
@@ -251,11 +288,12 @@ def make_plan(runner, factory, train_data, validation_data, test_data,
         classes=classes,
         label_format=labels,
         cache=cache,
-        arrays=cache or runner.deterministic,
+        arrays=own_pipeline,
         shuffle=train.shuffled(fit_kwargs),
         config=config,
         first=0 if runner.teacher is None else 1,
         training_arrays=arrays,
+        augmentation=augmentation,
     )
 
 

@@ -14,7 +14,6 @@ import sys
 
 import tensorflow as tf
 
-from callbacks.generation import generation_name
 from kdtrain import losses as losses_module
 from kdtrain import validation
 from kdtrain.chain.callbacks import ChainEvents
@@ -35,7 +34,6 @@ from kdtrain.chain.results import model_label
 from kdtrain.chain.results import model_name
 from kdtrain.chain.results import table_splits
 from kdtrain.chain.training import GenerationTrainer
-from kdtrain.faults import fault_point
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import validate_output_kind
 
@@ -325,7 +323,7 @@ class GenerationRunner:
                                           self.directory)
         return self._monitor_pair
 
-    # The chain ------------------------------------------------------------------
+    # The chain ---------------------------------------------------------------
 
     def run(
         self,
@@ -337,6 +335,7 @@ class GenerationRunner:
         callbacks=None,
         batch_size=None,
         evaluate=True,
+        augmentation=None,
         **fit_kwargs,
     ):
         """Trains (or resumes) the chain and evaluates every model.
@@ -360,6 +359,13 @@ class GenerationRunner:
             evaluate: Whether to evaluate the models and ensembles on the
                 validation and test data (on the training data when there
                 are neither) for the table. False leaves the table empty.
+            augmentation: Optional Keras random image layers (a layer or a
+                `keras.Sequential`, e.g. `kdtrain.data.augmentation("cifar")`)
+                that the runner applies to the training batches, read once
+                from `train_data` (which must not augment itself). Each
+                batch's draws come from (seed, generation, epoch, batch), so
+                this is how a deterministic run augments. The teacher then
+                runs on the student's augmented batch.
             **fit_kwargs: Other `fit` arguments for every generation
                 (`steps_per_epoch`, `shuffle`, `class_weight`...).
 
@@ -374,8 +380,6 @@ class GenerationRunner:
             TrainingDiverged: When a generation's loss becomes NaN.
             WorkerFailure: When a multi-worker run loses a worker.
         """
-        if self.deterministic:
-            tf.config.experimental.enable_op_determinism()
         # Created outside the strategy's scope: the pipelines read it.
         epoch_seed = tf.Variable([0, 0], dtype=tf.int64, trainable=False)
         scope = self.strategy.scope() if self.strategy else (
@@ -387,9 +391,11 @@ class GenerationRunner:
             plan = make_plan(
                 self, factory, train_data, validation_data, test_data,
                 epochs, teacher_epochs, callbacks, batch_size, evaluate,
-                fit_kwargs,
+                fit_kwargs, augmentation,
             )
             self.cache_used = plan.cache
+            if self.deterministic:  # For the whole process, once planned.
+                tf.config.experimental.enable_op_determinism()
             directory = ChainDirectory.for_run(self.directory, self.strategy)
             if directory is not None:
                 directory.lock.check()
@@ -429,9 +435,7 @@ class GenerationRunner:
         try:
             for index in range(plan.first, self.generations + 1):
                 if index in finished:
-                    generations.append(
-                        self._load(directory, factory, index, finished[index])
-                    )
+                    generations.append(trainer.load(index, finished[index]))
                     continue
                 events.on_generation_begin(index, {
                     "name": model_name(index), "label": model_label(index),
@@ -449,16 +453,6 @@ class GenerationRunner:
             return result
         finally:
             events.on_chain_end(ending)
-
-    def _load(self, directory, factory, index, record):
-        fault_point(f"{generation_name(index)}/model.load")
-        model = factory.adopt(directory.load_model(index, record))
-        directory.remove_scratch(index)  # left by a crash after the record
-        kind = record.get("output_kind") or resolve_output_kind(
-            model, self.student_outputs, "student_outputs"
-        )
-        self.say(f"Loaded {model_label(index)} ({model_name(index)})")
-        return Generation.from_record(index, model, kind, record)
 
     def _finish(self, plan, directory, generations, evaluation):
         """The table (reused from a finished run's results), results.json."""

@@ -32,6 +32,7 @@ from kdtrain.chain.results import model_label
 from kdtrain.chain.results import model_name
 from kdtrain.distiller import Distiller
 from kdtrain.distribute import is_multi_worker
+from kdtrain.faults import fault_point
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.pipelines import array_dataset
 from kdtrain.outputs import to_logits
@@ -83,6 +84,17 @@ class GenerationTrainer:
         return self._arrays
 
     # One generation ----------------------------------------------------------
+
+    def load(self, index, record):
+        """A finished generation, loaded from the directory and checked."""
+        fault_point(f"{generation_dir_name(index)}/model.load")
+        model = self.factory.adopt(self.directory.load_model(index, record))
+        self.directory.remove_scratch(index)  # left by a crash after the record
+        kind = record.get("output_kind") or resolve_output_kind(
+            model, self.runner.student_outputs, "student_outputs"
+        )
+        self.runner.say(f"Loaded {model_label(index)} ({model_name(index)})")
+        return Generation.from_record(index, model, kind, record)
 
     def train(self, index, generations):
         """Trains generation `index` (resuming its backup), saves it.
@@ -138,7 +150,7 @@ class GenerationTrainer:
             )
         return Generation.from_record(index, model, kind, generation.record)
 
-    # Data -----------------------------------------------------------------------
+    # Data --------------------------------------------------------------------
 
     def _data(self, source, index):
         """`fit`'s data arguments for generation `index`, and whether they
@@ -151,11 +163,12 @@ class GenerationTrainer:
                                     arrays.batch_size, plan.shuffle,
                                     epoch_seed=self.epoch_seed)
             return {"x": dataset}, True
-        if runner.deterministic:
+        if runner.deterministic or plan.augmentation is not None:
             arrays = self.arrays
             return {"x": array_dataset(
                 arrays.x, arrays.y, arrays.sample_weight, arrays.batch_size,
                 plan.shuffle, epoch_seed=self.epoch_seed,
+                augmentation=plan.augmentation,
             )}, True
         if source is not None:
             self._check_teacher(source, plan.sample_x)
@@ -220,7 +233,7 @@ class GenerationTrainer:
         teacher_logits(source.model, sample_x, teacher_outputs=(
             source.output_kind), name=f"{source.name} ({source.label})")
 
-    # Fitting ----------------------------------------------------------------------
+    # Fitting -----------------------------------------------------------------
 
     def _callbacks(self, index, trainer, record, own_pipeline):
         """The chain's callbacks around the user's copies (backup last)."""
@@ -256,7 +269,8 @@ class GenerationTrainer:
         if own_pipeline:
             arguments["shuffle"] = False  # Ordered by the epoch seed.
         elif "y" not in data:
-            arguments.setdefault("shuffle", False)  # Datasets shuffle themselves.
+            # Datasets shuffle themselves.
+            arguments.setdefault("shuffle", False)
         if runner.has_progress:
             arguments["verbose"] = 0
         else:
