@@ -267,15 +267,12 @@ class ChainDirectory:
                 "or use {directory}.",
                 self.path,
             )
-        # The results go first, the generations from the last down, run.json
-        # last: a crash midway leaves a run still known as kdtrain's, which
-        # the same command clears again.
-        def order(name):
-            match = re.fullmatch(r"gen-(\d+)", name)
-            return (name != RESULTS_FILE, -int(match.group(1)) if match else 0,
-                    name)
-
-        for name in sorted(manifest - {LOCK_FILE, RUN_FILE}, key=order):
+        # The results and the generations go first, in discard order, and
+        # run.json last: a crash midway leaves a run still known as
+        # kdtrain's, which the same command clears again.
+        generations = [int(n[4:]) for n in manifest if n.startswith("gen-")]
+        self.discard_generations(0, max(generations, default=-1))
+        for name in sorted(manifest - {LOCK_FILE, RUN_FILE, RESULTS_FILE}):
             files.remove(self.file(name))
 
     def remove_temporaries(self):

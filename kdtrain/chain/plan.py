@@ -21,8 +21,8 @@ from kdtrain.chain.config import strip_names
 from kdtrain.chain.models import output_shape
 from kdtrain.chain.splits import DataSplit
 from kdtrain.features import plan_feature_losses
-from kdtrain.pipelines import is_stateless_augmentation
 from kdtrain.outputs import label_format
+from kdtrain.pipelines import is_stateless_augmentation
 
 _RESERVED_FIT_ARGUMENTS = (
     "x", "y", "epochs", "initial_epoch", "callbacks", "validation_data",
@@ -46,13 +46,13 @@ class ChainPlan:
         classes: Units of the models' output.
         label_format: `"sparse"`, `"binary"` or `"categorical"`.
         cache: Whether students train from cached teacher outputs.
-        arrays: Whether generations train on the split read into arrays
-            (for the cache, or for a deterministic order).
         shuffle: Whether training reshuffles the samples every epoch.
         config: The configuration that identifies the chain.
         first: The first generation trained here (1 with a given teacher).
         training_arrays: The training split read into `TrainingArrays`
-            when `arrays` (or given as arrays), else None.
+            when the runner's own pipeline trains on it (for the cache, a
+            deterministic order or `augmentation`) or it came as arrays,
+            else None.
         augmentation: Random image layers the runner applies to training
             batches, or None.
     """
@@ -68,7 +68,6 @@ class ChainPlan:
     classes: int
     label_format: str
     cache: bool
-    arrays: bool
     shuffle: bool
     config: dict
     first: int
@@ -263,14 +262,8 @@ def make_plan(runner, factory, train_data, validation_data, test_data,
     if own_pipeline or train.kind == "arrays":
         arrays = train.training_arrays(canonical=runner.deterministic)
     config = configuration(runner, splits, epochs, teacher_epochs,
-                           fit_kwargs, probe, callbacks, arrays)
-    config["augmentation"] = None if augmentation is None else normalize(
-        strip_names(keras.saving.serialize_keras_object(augmentation))
-    )
-    if runner.build_teacher is not None:
-        config["teacher"] = normalize(
-            {"build": architecture_fingerprint(teacher_probe)}
-        )
+                           fit_kwargs, probe, teacher_probe, callbacks,
+                           arrays, augmentation)
     evaluation = {k: v for k, v in splits.items() if k != "train"}
     if not evaluate:
         evaluation = {}
@@ -288,7 +281,6 @@ def make_plan(runner, factory, train_data, validation_data, test_data,
         classes=classes,
         label_format=labels,
         cache=cache,
-        arrays=own_pipeline,
         shuffle=train.shuffled(fit_kwargs),
         config=config,
         first=0 if runner.teacher is None else 1,
@@ -298,7 +290,7 @@ def make_plan(runner, factory, train_data, validation_data, test_data,
 
 
 def configuration(runner, splits, epochs, teacher_epochs, fit_kwargs, probe,
-                  callbacks, arrays=None):
+                  teacher_probe, callbacks, arrays, augmentation):
     """The settings that identify a chain: a resume must match them.
 
     With the training split in `arrays`, its samples' keys are part of it:
@@ -347,6 +339,11 @@ def configuration(runner, splits, epochs, teacher_epochs, fit_kwargs, probe,
             **architecture_fingerprint(runner.teacher),
             "weights_sha256": weights_fingerprint(runner.teacher),
         }
+    elif runner.build_teacher is not None:
+        config["teacher"] = {"build": architecture_fingerprint(teacher_probe)}
+    config["augmentation"] = None if augmentation is None else strip_names(
+        keras.saving.serialize_keras_object(augmentation)
+    )
     if arrays is not None:
         config["data"]["train"]["samples_sha256"] = hashlib.sha256(
             arrays.keys.tobytes()

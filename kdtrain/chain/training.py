@@ -27,7 +27,6 @@ from kdtrain.chain.errors import WorkerFailure
 from kdtrain.chain.generation import Generation
 from kdtrain.chain.models import compile_for_labels
 from kdtrain.chain.models import fresh_metrics
-from kdtrain.chain.models import make_optimizer
 from kdtrain.chain.results import model_label
 from kdtrain.chain.results import model_name
 from kdtrain.distiller import Distiller
@@ -69,19 +68,12 @@ class GenerationTrainer:
         self.epoch_seed = epoch_seed
         self.monitors = [m for m in monitors if m is not None]
         self.evaluation = evaluation
-        self._arrays = None
         self._cache = None
 
     @property
     def arrays(self):
-        """The training split as `TrainingArrays`, read once."""
-        if self._arrays is None:
-            self._arrays = self.plan.training_arrays or (
-                self.plan.train.training_arrays(
-                    canonical=self.runner.deterministic
-                )
-            )
-        return self._arrays
+        """The training split as `TrainingArrays`, read once by the plan."""
+        return self.plan.training_arrays
 
     # One generation ----------------------------------------------------------
 
@@ -118,7 +110,7 @@ class GenerationTrainer:
         was_trainable = None if source is None else source.model.trainable
         if source is None:
             compile_for_labels(model, kind, plan.label_format,
-                               make_optimizer(runner.optimizer),
+                               runner.make_optimizer(),
                                runner.metrics)
             trainer, (data, own) = model, self._data(None, index)
         else:
@@ -128,7 +120,7 @@ class GenerationTrainer:
                                 strategy=runner.strategy)
             data, own = self._data(source, index)
             trainer.compile(
-                optimizer=make_optimizer(runner.optimizer),
+                optimizer=runner.make_optimizer(),
                 distillation_loss=runner.distillation_loss,
                 feature_losses=runner.feature_losses,
                 ground_truth_weight=runner.ground_truth_weight,
@@ -240,7 +232,7 @@ class GenerationTrainer:
         runner, name = self.runner, generation_dir_name(index)
         path = self.directory.path if self.directory else None
         internal = [DivergenceGuard(index, path)]
-        if own_pipeline or runner.deterministic:
+        if own_pipeline:  # always so in deterministic mode
             random_objects = []
             if runner.deterministic:
                 random_objects = [
