@@ -439,6 +439,17 @@ def test_an_interrupted_retrain_resumes_without_discarding_again(run):
     assert "retrain_from" not in json.loads((run / "run.json").read_text())
 
 
+def test_a_finished_retrain_whose_request_was_not_cleared_runs_again(run):
+    # A crash between writing results.json and clearing the request.
+    run_file = run / "run.json"
+    run_file.write_text(json.dumps(
+        {**json.loads(run_file.read_text()), "retrain_from": 1}
+    ))
+    ChainDirectory(run).finished_records(0, 2, retrain_from=1)
+    assert not (run / "gen-1").exists() and not (run / "gen-2").exists()
+    assert (run / "gen-0" / "model.keras").exists()
+
+
 def test_the_resume_command_never_discards_work():
     from kdtrain import commands
 

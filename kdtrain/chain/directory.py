@@ -364,7 +364,11 @@ class ChainDirectory:
         discarding what it has trained since.
         """
         run = self.read_run()
-        if run.get("retrain_from") == start:
+        # Resumed, unless a crash came between finishing it and clearing
+        # the request (complete results mean it finished).
+        if run.get("retrain_from") == start and (
+            self.read_results(lenient) or {}
+        ).get("complete") is not True:
             return
         self._current_records(first, start - 1, lenient)
         files.write_json_atomically(self.file(RUN_FILE),
