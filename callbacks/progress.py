@@ -3,7 +3,7 @@
 import math
 import sys
 
-from callbacks.generation import GenerationCallback
+from .generation import GenerationCallback
 
 
 def _format_logs(logs, keys=None):
@@ -40,7 +40,7 @@ class TqdmProgress(GenerationCallback):
     Example:
 
     ```python
-    from callbacks import TqdmProgress
+    from kdtrain.callbacks import TqdmProgress
 
     model.fit(x, y, epochs=5, verbose=0, callbacks=[TqdmProgress()])
     ```

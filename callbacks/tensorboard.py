@@ -6,8 +6,8 @@ import os
 import keras
 import numpy as np
 
-from callbacks.generation import GenerationCallback
-from callbacks.generation import generation_name
+from .generation import GenerationCallback
+from .generation import generation_name
 
 
 def _hparam_value(value):
@@ -48,7 +48,7 @@ class GenerationTensorBoard(GenerationCallback):
     Example:
 
     ```python
-    from callbacks import GenerationTensorBoard
+    from kdtrain.callbacks import GenerationTensorBoard
 
     board = GenerationTensorBoard("logs")
     teacher.fit(x, y, epochs=10, callbacks=[board])          # logs/gen-0

@@ -8,7 +8,7 @@ import sys
 
 import keras
 
-from callbacks.generation import GenerationCallback
+from kdtrain.callbacks.generation import GenerationCallback
 from kdtrain import data as data_module
 from kdtrain import files
 from kdtrain import losses as losses_module

@@ -7,9 +7,9 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import kdtrain
-from callbacks import GenerationCallback
-from callbacks import GenerationTensorBoard
-from callbacks import TqdmProgress
+from kdtrain.callbacks import GenerationCallback
+from kdtrain.callbacks import GenerationTensorBoard
+from kdtrain.callbacks import TqdmProgress
 from kdtrain.chain import GenerationRunner
 from kdtrain.chain.callbacks import copy_callbacks
 from conftest import mlp

@@ -9,8 +9,8 @@ import time
 import keras
 import tensorflow as tf
 
-from callbacks.progress import TqdmProgress
-from callbacks.tensorboard import GenerationTensorBoard
+from kdtrain.callbacks.progress import TqdmProgress
+from kdtrain.callbacks.tensorboard import GenerationTensorBoard
 
 from kdtrain.chain.errors import TrainingDiverged
 from kdtrain.chain.results import model_label

@@ -29,7 +29,7 @@ import os
 import re
 import warnings
 
-from callbacks.generation import generation_name as generation_dir_name
+from kdtrain.callbacks.generation import generation_name as generation_dir_name
 from kdtrain import files
 from kdtrain.chain.config import describe_differences
 from kdtrain.chain.errors import ConfigurationMismatch

@@ -1,6 +1,6 @@
 """A chain's results: model names, the results table and `GenerationResult`."""
 
-from callbacks.generation import generation_name
+from kdtrain.callbacks.generation import generation_name
 
 
 def model_name(generation):
