@@ -2,10 +2,7 @@
 
 import keras
 
-
-def generation_name(generation):
-    """`"gen-K"`: generation K's folder in a run and its TensorBoard run."""
-    return f"gen-{int(generation)}"
+from .names import generation_name  # noqa: F401 - part of this module
 
 
 class GenerationCallback(keras.callbacks.Callback):

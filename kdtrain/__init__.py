@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "cache", "chain", "data", "distribute", "ensemble", "features",
-    "losses", "models", "outputs", "seed_api",
+    "losses", "models", "outputs", "report", "seed_api",
 )
 _NAMES = {
     "Distiller": "kdtrain.distiller",

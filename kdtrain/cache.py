@@ -5,6 +5,11 @@ randomly augmented, so a `Distiller` can train from outputs computed once in
 inference mode instead of running the teacher on every batch.
 `TeacherOutputCache` holds them as float16 logits (about 10 MB for
 CIFAR-100's 50,000 x 100) with a fingerprint of the teacher's weights.
+Each row is stored minus its maximum, and that maximum (the row's offset)
+as float32 beside it: float16's relative precision then serves the
+differences between a row's logits, whatever the offset, and the batches
+carry each row with its offset added back, the logits the teacher gives
+online (see `TeacherOutputCache`).
 
 Alignment cannot be fooled. Each row carries the key of its sample (a hash
 of the sample's inputs, label and weight, `sample_keys`), a saved cache is
@@ -13,7 +18,7 @@ teacher again on a random subset of rows. Within a process,
 `TeacherOutputCache.dataset` joins each sample to its row by index: the
 index is drawn before shuffling and travels with the sample.
 
-The batches carry the cached logits in the inputs,
+The batches carry the cached logits (float32) in the inputs,
 `({"inputs": x, "teacher_logits": logits}, y, sample_weight)`; the
 `Distiller` reads them there instead of calling its teacher. With augmented
 data the teacher must see the student's augmented batch (Beyer et al.
@@ -25,10 +30,11 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from kdtrain import files
+from kdtrain import inference
 from kdtrain.faults import fault_point
+from kdtrain.outputs import model_logits
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.pipelines import array_dataset
 from kdtrain.pipelines import is_randomized
@@ -44,9 +50,9 @@ __all__ = [
     "materialize", "num_samples", "pack_inputs", "sample_keys",
     "teacher_logits", "unpack_inputs", "weights_fingerprint",
 ]
-from kdtrain.outputs import to_logits
 
 LOGITS_FILE = "teacher_outputs.npy"
+OFFSETS_FILE = "teacher_offsets.npy"
 KEYS_FILE = "sample_keys.npy"
 INFO_FILE = "teacher_outputs.json"
 MEMORY_MAP_BYTES = 256 * 2**20
@@ -124,18 +130,38 @@ def check_finite_outputs(logits, start, batch, name):
 
 
 def _inference_function(teacher, kind, x):
-    def infer(batch):
-        return to_logits(teacher(batch, training=False), kind)
+    """The teacher's float32 logits of a batch, as a NumPy array.
 
-    if isinstance(x, np.ndarray):
-        spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
-        return tf.function(infer, input_signature=[spec])
-    return tf.function(infer, reduce_retracing=True)
+    A logits model runs through its traced outputs function, the one the
+    chain's evaluation uses too (`kdtrain.inference`), so a generation is
+    traced once to be evaluated and then to teach; a probability head
+    through its exact logits (`kdtrain.outputs.model_logits`).
+    """
+    if kind == "logits":
+        return lambda batch: inference.outputs(teacher, batch).astype(
+            np.float32
+        )
+    infer = inference.traced(
+        teacher, "logits", lambda batch: model_logits(teacher, batch, kind),
+        keras.tree.map_structure(lambda a: a[:1], x),
+    )
+    return lambda batch: np.asarray(infer(batch))
+
+
+def _offsets(logits):
+    """Each row's maximum as float32; 0 for a single unit (a sigmoid's logit
+    is not shift-invariant, so it is stored as it is)."""
+    if logits.shape[-1] == 1:
+        return np.zeros(logits.shape[:-1], np.float32)
+    return logits.max(axis=-1).astype(np.float32)
 
 
 def teacher_logits(teacher, x, batch_size=256, teacher_outputs="auto",
                    name=None, fault=None):
     """The teacher's float32 logits on every sample of `x`, in order.
+
+    A probability head's are its exact pre-activation logits where its graph
+    shows them (`kdtrain.outputs.model_logits`), as in a `Distiller`'s steps.
 
     A plain loop, not `predict`: under a strategy `predict` would split and
     gather the samples, and the cache needs them all, in order.
@@ -151,7 +177,7 @@ def teacher_logits(teacher, x, batch_size=256, teacher_outputs="auto",
     for batch, start in enumerate(range(0, count, batch_size)):
         stop = min(start + batch_size, count)
         rows = keras.tree.map_structure(lambda a: a[start:stop], x)
-        logits = infer(rows).numpy()
+        logits = infer(rows)
         check_finite_outputs(logits, start, batch, name)
         outputs.append(logits)
         if fault and stop >= count // 2 > start:
@@ -162,16 +188,40 @@ def teacher_logits(teacher, x, batch_size=256, teacher_outputs="auto",
 class TeacherOutputCache:
     """A frozen teacher's outputs on a training set, as float16 logits.
 
-    Row `i` holds the teacher's logits (log-probabilities for a
-    probability head) for sample `i` of the data it was computed on, in
-    inference mode, and optionally that sample's key (`sample_keys`). Build
-    it with `compute`, train from it with a `Distiller` through `dataset`,
-    keep it with `save` and `load`, and check it with `verify`.
+    Row `i` holds the teacher's logits for sample `i` of the data it was
+    computed on, in inference mode, and optionally that sample's key
+    (`sample_keys`). Build it with `compute`, train from it with a
+    `Distiller` through `dataset`, keep it with `save` and `load`, and check
+    it with `verify`.
+
+    Each row of several classes is stored in float16 minus its maximum,
+    and that maximum, the row's offset, in float32 beside it (`offsets`);
+    `dataset` delivers `logits + offset` in float32, so every loss,
+    `LogitsMSE(center=False)` included, sees the logits the teacher gives
+    online. float16 rounds a centered logit (at most 0) within a relative
+    `2**-11`, so a class's logit is off by at most `4.9e-4` times its
+    distance from the row's maximum, however large the offset; adding the
+    offset back in float32 adds at most half an ulp of the sum
+    (`ulp(offset) / 2` for a logit no larger than its offset: `1.5e-5` at
+    300), the precision of the teacher's own float32 logits. Each soft
+    target `softmax(z / T)` moves by at most `2**-11 * (1/e + ln(classes))`
+    (to first order: 1.3e-3 for 10 classes, 2.4e-3 for 100, and far less in
+    practice). A single unit (a binary classifier's logit) is stored as it
+    is, with offset 0, since a sigmoid is not shift-invariant; its soft
+    target `sigmoid(z / T)` moves by at most `2**-11 / e = 1.8e-4`.
 
     Args:
-        logits: Array of shape `(samples, classes)` (kept as float16).
+        logits: Array of shape `(samples, classes)`. A float16 array is
+            kept as it is; other arrays are split as above into centered
+            float16 rows and their offsets.
         fingerprint: `weights_fingerprint(teacher)` of the teacher.
         keys: Optional `sample_keys` of the samples, row by row.
+        offsets: Optional float32 offsets of float16 `logits`, one per row,
+            added back in the batches (by default 0: the rows as they are).
+
+    Attributes:
+        logits: The float16 rows (centered, for a cache from `compute`).
+        offsets: The float32 offset of each row, shape `(samples,)`.
 
     Example:
 
@@ -183,15 +233,35 @@ class TeacherOutputCache:
     ```
     """
 
-    def __init__(self, logits, fingerprint, keys=None):
+    def __init__(self, logits, fingerprint, keys=None, offsets=None):
         if isinstance(logits, np.memmap) and logits.dtype == np.float16:
             self.logits = logits
+        elif np.asarray(logits).dtype == np.float16:
+            self.logits = np.asarray(logits)
         else:
-            self.logits = np.asarray(logits, dtype=np.float16)
+            if offsets is not None:
+                raise ValueError(
+                    "`offsets` go with float16 `logits`; other arrays are "
+                    "split into centered rows and offsets here."
+                )
+            logits = np.asarray(logits, dtype=np.float32)
+            if logits.ndim >= 2:
+                offsets = _offsets(logits)
+                logits = logits - offsets[..., None]
+            self.logits = logits.astype(np.float16)
         if self.logits.ndim < 2:
             raise ValueError(
                 "`logits` must have shape (samples, classes). Received "
                 f"shape {self.logits.shape}."
+            )
+        self.offsets = (
+            np.zeros(self.logits.shape[:-1], np.float32) if offsets is None
+            else np.asarray(offsets, dtype=np.float32)
+        )
+        if self.offsets.shape != self.logits.shape[:-1]:
+            raise ValueError(
+                f"`offsets` must have shape {self.logits.shape[:-1]}, one "
+                f"per row. Received shape {self.offsets.shape}."
             )
         if keys is not None and len(keys) != len(self.logits):
             raise ValueError(
@@ -207,7 +277,7 @@ class TeacherOutputCache:
 
     @property
     def nbytes(self):
-        """The size of the logits in bytes."""
+        """The size of the float16 logits in bytes (offsets: 4 a row)."""
         return int(self.logits.nbytes)
 
     @classmethod
@@ -231,20 +301,25 @@ class TeacherOutputCache:
         Raises:
             NonFiniteTeacherOutputs: The teacher emits NaN or infinity,
                 naming the batch.
-            ValueError: A logit does not fit in float16.
+            ValueError: A centered logit (or a single unit's logit) does
+                not fit in float16 (beyond 65504 in magnitude).
         """
-        logits = teacher_logits(teacher, x, batch_size, teacher_outputs,
-                                name, fault)
+        logits = teacher_logits(teacher, x, batch_size, teacher_outputs, name,
+                                fault)
+        offsets = _offsets(logits)
+        logits = logits - offsets[..., None]
         with np.errstate(over="ignore"):
             stored = logits.astype(np.float16)
         if not np.all(np.isfinite(stored)):
             raise ValueError(
                 f"The teacher {name or repr(teacher.name)} emits logits "
                 "beyond float16's range (largest magnitude "
-                f"{np.abs(logits).max():.4g}): they cannot be cached. Train "
-                "with cache_teacher=False."
+                f"{np.abs(logits).max():.4g}"
+                + ("" if logits.shape[-1] == 1 else
+                   ", each row's maximum subtracted")
+                + "): they cannot be cached. Train with cache_teacher=False."
             )
-        return cls(stored, weights_fingerprint(teacher), keys)
+        return cls(stored, weights_fingerprint(teacher), keys, offsets)
 
     def check(self, teacher=None, samples=None, keys=None,
               source="The cache"):
@@ -283,8 +358,9 @@ class TeacherOutputCache:
     def aligned(self, keys, source="The cache"):
         """The cache with its rows in the order of the samples `keys`.
 
-        Rows follow their own sample's key, so a cache saved in another
-        order is reordered; one of other samples is refused.
+        Rows (and their offsets) follow their own sample's key, so a cache
+        saved in another order is reordered; one of other samples is
+        refused.
 
         Raises:
             CacheMismatch: The cache has no keys, or other samples'.
@@ -304,14 +380,18 @@ class TeacherOutputCache:
             )
         logits = np.empty(self.logits.shape, np.float16)
         logits[wanted] = self.logits[saved]
-        return TeacherOutputCache(logits, self.fingerprint, keys)
+        offsets = np.empty(self.offsets.shape, np.float32)
+        offsets[wanted] = self.offsets[saved]
+        return TeacherOutputCache(logits, self.fingerprint, keys, offsets)
 
     def verify(self, teacher, x, teacher_outputs="auto", rows=VERIFIED_ROWS,
                source="The cache"):
         """Runs `teacher` on random rows and compares them with the cache.
 
         A cache whose rows belong to other samples (or another teacher)
-        fails here even if its files and keys look right.
+        fails here even if its files and keys look right, as does one whose
+        rows would give other logits than the teacher's (with their offsets
+        added back, as `dataset` gives them).
 
         Raises:
             CacheMismatch: A recomputed row differs beyond float16 rounding.
@@ -323,7 +403,14 @@ class TeacherOutputCache:
         subset = keras.tree.map_structure(lambda a: np.asarray(a)[chosen], x)
         fresh = teacher_logits(teacher, subset, count, teacher_outputs)
         cached = np.asarray(self.logits[chosen], dtype=np.float32)
-        close = np.isclose(cached, fresh, rtol=_TOLERANCE, atol=_TOLERANCE)
+        offsets = self.offsets[chosen][..., None]
+        # Compared without the offsets, at the scale float16 rounds; a
+        # recomputation in other batches may round a large logit's float32
+        # sum differently by a few of its ulps.
+        close = np.isclose(
+            cached, fresh - offsets, rtol=_TOLERANCE,
+            atol=_TOLERANCE + 8 * np.spacing(np.abs(offsets)),
+        )
         if not close.all():
             bad = int(chosen[np.argmin(close.all(axis=1))])
             raise CacheMismatch(
@@ -335,13 +422,13 @@ class TeacherOutputCache:
     def save(self, directory, fault=None):
         """Writes the cache as the folder `directory`, whole or not at all.
 
-        The logits, the keys and a description with their SHA-256 are
-        written to a temporary folder that is renamed into place.
+        The logits, their offsets, the keys and a description with their
+        SHA-256 are written to a temporary folder that is renamed into place.
         """
         directory = os.fspath(directory)
         if os.path.isdir(directory):
             others = set(os.listdir(directory)) - {
-                LOGITS_FILE, KEYS_FILE, INFO_FILE
+                LOGITS_FILE, OFFSETS_FILE, KEYS_FILE, INFO_FILE
             }
             if others:
                 raise ValueError(
@@ -354,8 +441,9 @@ class TeacherOutputCache:
         os.makedirs(parent, exist_ok=True)
         with files.replacing(directory, fault=fault) as temporary:
             os.makedirs(temporary)
-            names = {"logits": LOGITS_FILE}
+            names = {"logits": LOGITS_FILE, "offsets": OFFSETS_FILE}
             np.save(os.path.join(temporary, LOGITS_FILE), self.logits)
+            np.save(os.path.join(temporary, OFFSETS_FILE), self.offsets)
             if self.keys is not None:
                 np.save(os.path.join(temporary, KEYS_FILE), self.keys)
                 names["keys"] = KEYS_FILE
@@ -395,16 +483,28 @@ class TeacherOutputCache:
             memory_map: Whether to map the logits from disk instead of
                 reading them; `"auto"` does above `MEMORY_MAP_BYTES`.
 
+        A cache saved without its rows' offsets is refused: its rows may
+        be uncentered float16 (far coarser for large logits) or centered
+        with their offsets lost (other targets for
+        `LogitsMSE(center=False)`), and its files do not tell which.
+
         Returns:
             A `TeacherOutputCache`.
 
         Raises:
-            CacheMismatch: Damaged files (checksums, shapes), or a cache
-                that does not fit `teacher`, `samples` or `keys`.
+            CacheMismatch: Damaged files (checksums, shapes), a cache
+                without offsets, or a cache that does not fit `teacher`,
+                `samples` or `keys`.
         """
         directory = os.fspath(directory)
         try:
             info = files.read_json(os.path.join(directory, INFO_FILE))
+            if "offsets" not in info["files"]:
+                raise CacheMismatch(
+                    f"The cache in {directory} holds no offsets of its "
+                    "rows (an older format): its logits cannot be told "
+                    "from centered ones. Compute it again."
+                )
             for name, digest in info["sha256"].items():
                 if files.sha256_file(os.path.join(directory, name)) != digest:
                     raise CacheMismatch(
@@ -415,6 +515,8 @@ class TeacherOutputCache:
             if memory_map == "auto":
                 memory_map = os.path.getsize(path) > MEMORY_MAP_BYTES
             logits = np.load(path, mmap_mode="r" if memory_map else None)
+            offsets = np.load(os.path.join(directory,
+                                           info["files"]["offsets"]))
             saved_keys = None
             if "keys" in info["files"]:
                 saved_keys = np.load(
@@ -430,8 +532,15 @@ class TeacherOutputCache:
                 f"{logits.dtype} {list(logits.shape)}, {INFO_FILE} says "
                 f"float16 {info['shape']}."
             )
+        if (offsets.shape != logits.shape[:-1]
+                or offsets.dtype != np.float32):
+            raise CacheMismatch(
+                f"The cache in {directory} is damaged: {OFFSETS_FILE} holds "
+                f"{offsets.dtype} {list(offsets.shape)}, not float32 "
+                f"{list(logits.shape[:-1])}."
+            )
         source = f"The cache in {directory}"
-        cache = cls(logits, info["fingerprint"], saved_keys)
+        cache = cls(logits, info["fingerprint"], saved_keys, offsets)
         if keys is not None:
             cache = cache.aligned(keys, source)
         cache.check(teacher, samples, source=source)
@@ -443,7 +552,9 @@ class TeacherOutputCache:
 
         The pipeline shuffles sample indices, batches them, then gathers
         the inputs, labels, weights and logits of the same indices, so
-        every sample keeps its own teacher outputs.
+        every sample keeps its own teacher outputs. Each row comes with its
+        offset added back, as float32: the teacher's logits within the
+        bounds of the class docstring.
 
         Args:
             x: The inputs the cache was computed on, in the same order.
@@ -461,10 +572,12 @@ class TeacherOutputCache:
         """
         self.check(samples=num_samples(x))
         return array_dataset(x, y, sample_weight, batch_size, shuffle, seed,
-                             epoch_seed, logits=self.logits)
+                             epoch_seed, logits=self.logits,
+                             offsets=self.offsets)
 
     def __repr__(self):
         return (
             f"<TeacherOutputCache {self.num_samples} x "
-            f"{self.logits.shape[1:]} float16, {self.nbytes / 1e6:.1f} MB>"
+            f"{self.logits.shape[1:]} float16 with offsets, "
+            f"{self.nbytes / 1e6:.1f} MB>"
         )

@@ -1,6 +1,5 @@
 """What the `kdtrain` subcommands do, once `kdtrain.options` has parsed them."""
 
-import io
 import os
 import shlex
 import signal
@@ -20,28 +19,32 @@ from kdtrain.chain import RunDirectoryError
 from kdtrain.chain.evaluation import ChainEvaluation
 from kdtrain.chain.generation import Generation
 from kdtrain.chain.lock import DirectoryLock
-from kdtrain.chain.results import default_split
 from kdtrain.chain.results import markdown_table
 from kdtrain.chain.splits import DataSplit
 from kdtrain.options import CONFIG_FILE
+from kdtrain.quick import distill_labels
 from kdtrain.options import EXIT_FAILURE
 from kdtrain.options import EXIT_INTERRUPTED
 from kdtrain.options import EXIT_OK
 from kdtrain.options import EXIT_USAGE
 from kdtrain.options import UsageError
 from kdtrain.options import config_text
+from kdtrain.options import default_threads
+from kdtrain.options import in_flags
 from kdtrain.options import read_run_config
 
 
 def _error(message):
-    print(f"kdtrain: error: {message}", file=sys.stderr)
+    # Messages of the Python API name arguments (data_dir=...): here the
+    # user typed flags.
+    print(f"kdtrain: error: {in_flags(str(message))}", file=sys.stderr)
 
 
 def run(command, settings, argv):
     """Runs a parsed command; returns the exit code."""
-    handlers = {"ban": ban, "distill": distill, "evaluate": evaluate,
-                "report": report}
+    handlers = {"ban": ban, "distill": distill, "evaluate": evaluate}
     resume = "kdtrain " + shlex.join(_resume_arguments(argv))
+    _set_threads(settings)
     if settings.distribute == "multi_worker" and not settings.dry_run:
         strategy(settings)  # before any other TensorFlow work, as it must
     interrupted = []
@@ -74,6 +77,17 @@ def run(command, settings, argv):
         return _interrupted(settings, resume)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _set_threads(settings):
+    """TensorFlow's threads per op, set before its runtime starts."""
+    import tensorflow as tf
+
+    threads = settings.threads or default_threads()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:  # already started (a second command in a process)
+        pass
 
 
 def _resume_arguments(argv):
@@ -176,7 +190,10 @@ def model_builder(name, info, settings):
 def distillation_loss(settings):
     if settings.loss == "none":
         return None
-    return losses_module.get(settings.loss, temperature=settings.temperature)
+    kwargs = {"temperature": settings.temperature}
+    if settings.standardize_logits:
+        kwargs["standardize"] = True
+    return losses_module.get(settings.loss, **kwargs)
 
 
 def feature_losses(settings):
@@ -268,6 +285,7 @@ def _runner(settings, info, generations, build_teacher=None):
         overwrite=settings.overwrite,
         tensorboard=settings.tensorboard,
         progress=settings.progress,
+        verbose=2,  # without tqdm bars: one line per epoch
         cache_teacher={"auto": "auto", "on": True, "off": False}[
             settings.cache_teacher
         ],
@@ -362,12 +380,6 @@ def ban(settings):
     return EXIT_OK
 
 
-def _distill_labels(settings):
-    teacher = settings.teacher_model if not settings.teacher else "teacher"
-    return {"teacher": f"Teacher ({teacher})",
-            "gen-1": f"Student ({settings.model})"}
-
-
 def distill(settings):
     """One teacher (trained here or loaded) into a student; prints the table."""
     trained_here = not settings.teacher
@@ -378,7 +390,7 @@ def distill(settings):
         return _dry_run(settings, roles)
     teacher = settings.teacher_model if trained_here else None
     result = _train(settings, 1, build_teacher=teacher)
-    labels = _distill_labels(settings)
+    labels = distill_labels(settings)
     for row in result.table:
         row["label"] = labels.get(row["name"], row["label"])
     _print_result(result, settings)
@@ -425,7 +437,7 @@ def evaluate(settings):
     finally:
         directory.lock.release()
     if saved.command == "distill":
-        labels = _distill_labels(saved)
+        labels = distill_labels(saved)
         for row in table:
             row["label"] = labels.get(row["name"], row["label"])
     print(markdown_table(table, split="test"))
@@ -454,59 +466,3 @@ def _evaluate_files(directory, saved):
         loaded.info.label_format, results["config"]["metrics"],
     )
     return evaluation.table(generations, recompute=True)[0]
-
-
-def report(settings):
-    """The run's table as Markdown and a PNG plot, written into its folder."""
-    directory = ChainDirectory(settings.directory)
-    if not os.path.isdir(directory.path):
-        raise UsageError(f"{directory.path}: no such directory.")
-    with directory.lock:
-        results = directory.read_results()
-        if not results or not results.get("table"):
-            raise UsageError(
-                f"{directory.path} holds no finished run (no results.json "
-                "with a table): finish the run first."
-            )
-        return _write_report(directory, results["table"])
-
-
-def _write_report(directory, table):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot
-    except ImportError:
-        raise UsageError(
-            "kdtrain report draws with matplotlib: pip install 'kdtrain[plot]'"
-        ) from None
-    split = default_split(table)
-    name = os.path.basename(directory.path)
-    markdown = (f"# {name}\n\nTest split: {split}.\n\n"
-                + markdown_table(table, split) + "\n")
-    files.write_text_atomically(directory.file("report.md"), markdown)
-    rows = [row for row in table if row["split"] == split]
-    figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("accuracy", "loss")):
-        labels = [row["label"] for row in rows]
-        values = [row.get(metric) or 0.0 for row in rows]
-        colors = ["tab:blue" if row["name"].startswith(("teacher", "gen-"))
-                  else "tab:orange" for row in rows]
-        axis.bar(range(len(rows)), values, color=colors)
-        axis.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
-        axis.set_title(f"{split} {metric}")
-        if metric == "accuracy":
-            low = min(values)
-            axis.set_ylim(max(0.0, low - (1 - low)), 1.0)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    pyplot.close(figure)
-    files.write_bytes_atomically(directory.file("report.png"),
-                                 buffer.getvalue())
-    print(markdown)
-    print(f"Wrote {directory.file('report.md')} and "
-          f"{directory.file('report.png')}")
-    return EXIT_OK
-

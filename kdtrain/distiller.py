@@ -11,22 +11,23 @@ from kdtrain import validation
 from kdtrain.losses.reduction import per_sample
 from kdtrain.losses.reduction import weighted_mean
 from kdtrain.pipelines import unpack_inputs
+from kdtrain.tracing import build_training_state
+from kdtrain.tracing import symbolic_batch
 from kdtrain.distribute import check_strategy
+from kdtrain.distribute import replica_sum
 from kdtrain.distribute import support_multi_worker
 from kdtrain.features import feature_loss
 from kdtrain.features import prepare_feature_losses
+from kdtrain.outputs import _final_layer
 from kdtrain.outputs import label_crossentropy
 from kdtrain.outputs import label_format
 from kdtrain.outputs import labels_as_distribution
+from kdtrain.outputs import logits_model
+from kdtrain.outputs import model_logits
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import static_output_shape
 from kdtrain.outputs import to_logits
 from kdtrain.outputs import to_probabilities
-
-
-def num_replicas():
-    """Replicas that each compute the loss on their share of the batch."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 @keras.saving.register_keras_serializable(package="kdtrain")
@@ -43,9 +44,15 @@ class Distiller(keras.Model):
     compiled metrics against the labels, without running the teacher.
 
     Outputs may be logits or probabilities (a final softmax, or a single
-    sigmoid unit for binary classifiers). Probabilities are turned into
-    log-probabilities, so a temperature softens a softmax-headed teacher
-    exactly as it softens its logits.
+    sigmoid unit for binary classifiers). A probability-headed teacher or
+    student of the functional or Sequential API gives its exact
+    pre-activation logits, taken from its graph with its own weights
+    (`kdtrain.outputs.logits_model`), so a temperature softens it exactly
+    as it softens a logits model, however saturated its head; the student
+    then runs once per step as that logits model, and its probabilities
+    (for metrics and a ground-truth loss on outputs) are their softmax or
+    sigmoid. Elsewhere probabilities are inverted within float32's bounds
+    (`kdtrain.outputs.to_logits`).
 
     Args:
         student: The `keras.Model` to train.
@@ -177,7 +184,13 @@ class Distiller(keras.Model):
                 student and the teacher; each adds `weight` times its value
                 to the loss and is logged under its name. Hint adapters are
                 created here, belong to the Distiller and train with the
-                student; the student itself stays unchanged.
+                student; the student itself stays unchanged. Each `compile`
+                creates fresh adapters and drops those of the previous one,
+                so pass a new optimizer (or a name) when recompiling with
+                hints: an optimizer already built for the old adapters
+                refuses the new ones at the first step (Keras' "Unknown
+                variable" error). Reused without hints, it keeps its unused
+                slots for the dropped adapters.
             **kwargs: Other arguments of `keras.Model.compile`
                 (`jit_compile`, `steps_per_execution`, `weighted_metrics`...).
         """
@@ -213,6 +226,17 @@ class Distiller(keras.Model):
             super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
         support_multi_worker(self)
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with the training state built first.
+
+        The optimizer's and metrics' variables are created before the step
+        is traced (`kdtrain.tracing`), so it is traced once, not twice.
+        """
+        batch = symbolic_batch(x, y, kwargs.get("sample_weight"))
+        if batch is not None:
+            build_training_state(self, batch)
+        return super().fit(x, y, *args, **kwargs)
+
     def get_compile_config(self):
         config = super().get_compile_config()
         if not config:
@@ -239,16 +263,67 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def _set_feature_losses(self, feature_losses):
-        """Checks the feature losses' layers; builds extractors and adapters."""
-        self.feature_losses = list(feature_losses or ())
-        trackers, adapters, extractors = prepare_feature_losses(
-            self.student, self.teacher, self.feature_losses
-        )
+        """Checks the feature losses' layers; builds extractors and adapters.
+
+        The adapters and trackers of a previous `compile` are dropped: only
+        the current ones are trainable variables and logged metrics.
+        """
+        feature_losses = list(feature_losses or ())
+        with self.distribute_strategy.scope():
+            trackers, adapters, extractors = prepare_feature_losses(
+                self.student, self.teacher, feature_losses
+            )
+        # Reassigning a tracked list keeps the old items tracked (as
+        # trainable variables without gradients, as logged metrics);
+        # clearing Keras' tracked list untracks them.
+        self.hint_adapters.clear()
+        self.feature_loss_trackers.clear()
+        self.feature_losses = feature_losses
         self.feature_loss_trackers = trackers
         self.hint_adapters = adapters
         # Kept out of Keras' tracking: the extractors share the models'
         # layers, which the Distiller already tracks.
         self.__dict__["_feature_models"] = extractors
+
+    def replace_teacher(self, teacher, teacher_outputs="auto"):
+        """Distills from another teacher, keeping the compiled state.
+
+        A training step traced on data that carry the teacher's cached
+        logits (`TeacherOutputCache.dataset`) never ran the teacher, so it
+        stays valid and the next `fit` on such data traces nothing again. A
+        step that ran the old teacher (online) is dropped and traced anew.
+
+        Args:
+            teacher: The new frozen `keras.Model`, with the old one's output
+                shape.
+            teacher_outputs: `"auto"`, `"logits"` or `"probabilities"`.
+
+        Example:
+
+        >>> distiller.replace_teacher(next_teacher)
+        >>> distiller.fit(TeacherOutputCache.compute(next_teacher, x)
+        ...               .dataset(x, y), epochs=5, shuffle=False)
+        """
+        validation.distillation_pair(self.student, teacher)
+        kind = resolve_output_kind(teacher, teacher_outputs, "teacher_outputs")
+        validation.same_output_shapes(static_output_shape(teacher),
+                                      static_output_shape(self.student))
+        if self._feature_models is not None:
+            raise ValueError(
+                "replace_teacher() cannot move feature losses to another "
+                "teacher: build a new Distiller."
+            )
+        self._tracker.untrack(self.teacher)
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.teacher_outputs = kind
+        self._output_kind_arguments["teacher_outputs"] = teacher_outputs
+        if self.__dict__.get("_teacher_traced"):
+            # A traced step ran the old teacher (online): Keras traces anew
+            # when its functions are None. A step traced on cached logits
+            # never ran it and stays; online data would trace its own.
+            self.train_function = None
+            self.__dict__["_teacher_traced"] = False
 
     def call(self, inputs, training=None):
         return self.student(unpack_inputs(inputs)[0], training=training)
@@ -256,9 +331,14 @@ class Distiller(keras.Model):
     # Targets and outputs ------------------------------------------------
 
     def teacher_logits(self, x):
-        """The teacher's outputs on `x` as float32 logits (inference mode)."""
-        outputs = self.teacher(x, training=False)
-        return ops.stop_gradient(to_logits(outputs, self.teacher_outputs))
+        """The teacher's float32 logits on `x` (inference mode).
+
+        A probability head's are its exact pre-activation logits where its
+        graph shows them (`kdtrain.outputs.model_logits`).
+        """
+        return ops.stop_gradient(
+            model_logits(self.teacher, x, self.teacher_outputs)
+        )
 
     def teacher_targets(self, x, cached_logits=None):
         """What the teacher gives a batch: `(logits, features or None)`.
@@ -268,19 +348,57 @@ class Distiller(keras.Model):
         (through its feature extractor when there are feature losses).
         """
         if self._feature_models is not None:
-            outputs, *features = self._feature_models[0][1](x, training=False)
-            logits = to_logits(outputs, self.teacher_outputs)
+            extractor = self._feature_models[0][1]
+            # The extractor's first output is the teacher's: a probability
+            # head's exact logits come from the same graph, in the same pass.
+            exact = (logits_model(extractor)
+                     if self.teacher_outputs == "probabilities" else None)
+            outputs, *features = (exact or extractor)(x, training=False)
+            logits = to_logits(outputs, "logits" if exact else
+                               self.teacher_outputs)
             return ops.stop_gradient(logits), features
         if cached_logits is not None:
             return ops.cast(cached_logits, "float32"), None
         return self.teacher_logits(x), None
 
-    def _student_forward(self, x):
-        """One training-mode pass: `(outputs, features or None)`."""
-        if self._feature_models is not None:
-            outputs, *features = self._feature_models[0][0](x, training=True)
-            return outputs, features
-        return self.student(x, training=True), None
+    def _exact_student_logits(self, model):
+        """`logits_model(model)` for a probability-headed student, or None.
+
+        None too where the head has an activity regularizer: it sees the
+        probabilities, so skipping the head would drop its loss.
+        """
+        if self.student_outputs != "probabilities":
+            return None
+        head = _final_layer(model)
+        if getattr(head, "activity_regularizer", None) is not None:
+            return None
+        return logits_model(model)
+
+    def _student_pass(self, x, training, features=False):
+        """One pass of the student: `(outputs, logits, features or None)`.
+
+        A probability head whose logits `logits_model` can read runs as
+        that logits model, and its outputs are their softmax or sigmoid:
+        the losses get the exact logits, even where the head saturates
+        (beyond what `to_logits` can invert), and the metrics the same
+        probabilities, from one pass. Other students' logits are
+        `to_logits(outputs)`.
+
+        Args:
+            x: A batch of inputs.
+            training: Whether the pass runs in training mode.
+            features: Whether to run the feature extractor, whose first
+                output is the student's, and return the features too.
+        """
+        model = self._feature_models[0][0] if features else self.student
+        exact = self._exact_student_logits(model)
+        results = (model if exact is None else exact)(x, training=training)
+        outputs, rest = ((results[0], list(results[1:])) if features
+                         else (results, None))
+        if exact is None:
+            return outputs, to_logits(outputs, self.student_outputs), rest
+        logits = ops.cast(outputs, "float32")
+        return to_probabilities(logits, "logits"), logits, rest
 
     # Losses ---------------------------------------------------------------
 
@@ -295,18 +413,25 @@ class Distiller(keras.Model):
             return per_sample(loss(y, student_outputs))
         return label_crossentropy(y, student_logits, fmt)
 
-    def _distillation_values(self, y, teacher_logits, student_logits, fmt):
+    def _distillation_values(self, y, teacher_logits, student_logits, fmt,
+                             sample_weight=None):
         """Per-sample distillation loss."""
         loss = self.distillation_loss
+        kwargs = {}
+        # A loss with batch statistics (DIST's columns) weighs them itself.
+        if loss.uses_sample_weight:
+            kwargs["sample_weight"] = sample_weight
         if not loss.uses_labels:
-            return per_sample(loss.call(teacher_logits, student_logits))
+            return per_sample(loss.call(teacher_logits, student_logits,
+                                        **kwargs))
         if y is None:
             raise ValueError(
                 f"The distillation loss {loss.name!r} needs labels, but the "
                 "data carries none."
             )
         y = labels_as_distribution(y, student_logits.shape[-1], fmt)
-        return per_sample(loss.call(teacher_logits, student_logits, labels=y))
+        return per_sample(loss.call(teacher_logits, student_logits, labels=y,
+                                    **kwargs))
 
     def _with_regularization(self, loss):
         """`loss` plus the student's regularization losses, if any."""
@@ -317,7 +442,8 @@ class Distiller(keras.Model):
         )
 
     def compute_distillation_loss(
-        self, y, teacher_logits, student_outputs, sample_weight=None
+        self, y, teacher_logits, student_outputs, sample_weight=None,
+        student_logits=None,
     ):
         """The total training loss of one batch, before distribution scaling.
 
@@ -328,6 +454,10 @@ class Distiller(keras.Model):
             teacher_logits: The teacher's logits for the batch.
             student_outputs: The student's outputs as it emits them.
             sample_weight: Optional per-sample weights.
+            student_logits: The student's exact float32 logits, where
+                known (a probability head's, from its graph); by default
+                `to_logits(student_outputs)`, within the bounds stated
+                there.
 
         Returns:
             The scalar loss: the mix of the two losses plus the student's
@@ -335,7 +465,8 @@ class Distiller(keras.Model):
         """
         w = self.ground_truth_weight
         batch_size = ops.shape(student_outputs)[0]
-        student_logits = to_logits(student_outputs, self.student_outputs)
+        if student_logits is None:
+            student_logits = to_logits(student_outputs, self.student_outputs)
         if not self._shapes_known:
             validation.same_output_shapes(teacher_logits.shape[1:],
                                  student_logits.shape[1:])
@@ -346,7 +477,7 @@ class Distiller(keras.Model):
         if self.distillation_loss is not None:
             distillation = weighted_mean(
                 self._distillation_values(y, teacher_logits, student_logits,
-                                          fmt),
+                                          fmt, sample_weight),
                 sample_weight,
             )
             self.distillation_loss_tracker.update_state(
@@ -381,13 +512,21 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._check_labels(y)
         x, cached_logits = unpack_inputs(x)
+        if cached_logits is None:  # this trace runs the teacher
+            self.__dict__["_teacher_traced"] = True
         teacher_logits, teacher_features = self.teacher_targets(
             x, cached_logits
         )
         with tf.GradientTape() as tape:
-            student_outputs, student_features = self._student_forward(x)
+            student_outputs, student_logits, student_features = (
+                self._student_pass(
+                    x, training=True,
+                    features=self._feature_models is not None,
+                )
+            )
             loss = self.compute_distillation_loss(
-                y, teacher_logits, student_outputs, sample_weight
+                y, teacher_logits, student_outputs, sample_weight,
+                student_logits,
             )
             if student_features is not None:
                 _, student_names, teacher_names = self._feature_models
@@ -401,9 +540,12 @@ class Distiller(keras.Model):
             self._loss_tracker.update_state(
                 loss, sample_weight=ops.shape(student_outputs)[0]
             )
-            # Each replica's gradients are summed across replicas, so the
-            # per-replica mean is divided by their number (as Keras does).
-            loss = loss / num_replicas()
+            # The replicas' gradients are summed, so each replica's mean is
+            # weighted by its share of the global batch (Keras divides by the
+            # number of replicas, which is exact only for equal shares).
+            batch_size = ops.cast(ops.shape(student_outputs)[0], "float32")
+            share = ops.divide_no_nan(batch_size, replica_sum(batch_size))
+            loss = loss * share
             loss = self.optimizer.scale_loss(loss)
         trainable_variables = self.trainable_variables
         gradients = tape.gradient(loss, trainable_variables)
@@ -418,8 +560,7 @@ class Distiller(keras.Model):
                 "but the data carries none. Pass (x, y) data."
             )
         x = unpack_inputs(x)[0]
-        student_outputs = self.student(x, training=False)
-        logits = to_logits(student_outputs, self.student_outputs)
+        student_outputs, logits, _ = self._student_pass(x, training=False)
         fmt = label_format(y.shape, logits.shape[-1])
         loss = self._with_regularization(weighted_mean(
             self._ground_truth_values(y, student_outputs, logits, fmt),

@@ -1,4 +1,5 @@
-"""tf.distribute support: strategies checked, and Keras' multi-worker gaps.
+"""tf.distribute support: strategies checked, sums over the replicas, and
+Keras' multi-worker gaps.
 
 Keras 3's TensorFlow trainer cannot `fit` under MultiWorkerMirroredStrategy
 as shipped (keras-team/keras#20585): two of its reductions fail. The
@@ -55,6 +56,31 @@ def check_strategy(strategy, student):
             "itself when given `strategy=`)."
         )
     return strategy
+
+
+def replica_sum(value):
+    """Sums `value` over the replicas that each hold a share of the batch.
+
+    Inside a step run by a `tf.distribute` strategy with several replicas,
+    each replica sees its own share of the global batch; a quantity
+    normalized over the batch (a sum of weights, the batch size) must be
+    summed over all of them to mean what it means on one device. Anywhere
+    else (one replica, or no strategy) it returns `value` unchanged.
+
+    Args:
+        value: A tensor computed by each replica on its share.
+
+    Returns:
+        The sum of `value` over the replicas in sync.
+
+    Example:
+
+    >>> global_batch = replica_sum(keras.ops.cast(batch_size, "float32"))
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 def is_multi_worker(strategy):

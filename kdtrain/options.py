@@ -13,8 +13,11 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 import tomllib
+
+from kdtrain import __version__
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -100,10 +103,13 @@ OPTIONS = (
     Option("loss", str, "soft_targets", "distillation loss on the "
            "outputs (none: only feature losses and the labels)", _BOTH,
            choices=("soft_targets", "kl", "logits_mse", "cwtm", "dkpp",
-                    "none")),
+                    "dkd", "dist", "nkd", "none")),
     Option("temperature", float, None, "softening temperature of the "
            "loss (default: the loss's own)", _BOTH, minimum=0.0,
            exclusive_minimum=True, optional=True),
+    Option("standardize_logits", bool, False, "z-score each sample's "
+           "logits before softening them (logit standardization; --loss "
+           "kl or soft_targets)", _BOTH),
     Option("ground_truth_weight", float, 0.0, "w in (1-w)*distillation "
            "+ w*crossentropy", _BOTH, minimum=0.0, maximum=1.0),
     Option("attention_transfer", str, None, "comma-separated layers "
@@ -130,6 +136,10 @@ OPTIONS = (
            "(the GPUs of one machine) or multi_worker (a cluster "
            "described by TF_CONFIG)", _BOTH,
            choices=("none", "mirrored", "multi_worker")),
+    Option("threads", int, None, "TensorFlow's threads per op (default: "
+           "half the CPU cores, at least 1; the other half feed the "
+           "tf.data pipeline and the training loop)", _BOTH, minimum=1,
+           optional=True),
     Option("deterministic", bool, False, "make a resumed run give exactly "
            "the uninterrupted run's results (op determinism; epoch order "
            "and random draws from seed, generation and epoch)", _BOTH),
@@ -144,7 +154,8 @@ OPTIONS = (
            "later one of the run in --directory and train them again",
            _BOTH, minimum=0, optional=True),
     Option("tensorboard", bool, True, "write TensorBoard logs", _BOTH),
-    Option("progress", bool, True, "show tqdm progress bars", _BOTH),
+    Option("progress", bool, True, "show tqdm progress bars "
+           "(--no-progress: one line per epoch)", _BOTH),
 )
 
 
@@ -168,6 +179,8 @@ def _help_text(option):
     text = option.help
     if option.choices:
         text += f"; one of: {', '.join(option.choices)}"
+    if default is None or "(default:" in text:  # unset, or said in the help
+        return text
     return f"{text} (default: {default})"
 
 
@@ -178,6 +191,8 @@ def build_parser():
         "Keras. Every option can also be set in a TOML file (--config), "
         "under the option's name with underscores; flags override the file.",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"kdtrain {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     descriptions = {
         "ban": "Train a teacher, then Born-Again generations, then "
@@ -301,7 +316,7 @@ _PATHS = ("directory", "data_dir", "teacher")
 # Settings that change how a run is watched or where it goes, not what it
 # computes: a resumed run may change them.
 NOT_IDENTITY = ("directory", "overwrite", "retrain_from", "tensorboard",
-                "progress")
+                "progress", "threads")
 
 
 def _absolute(key, value):
@@ -384,6 +399,13 @@ def _check_combinations(command, values):
         raise UsageError(
             f"--loss {values['loss']} has no temperature; drop --temperature."
         )
+    if values.get("standardize_logits") and values["loss"] not in (
+        "kl", "soft_targets"
+    ):
+        raise UsageError(
+            "--standardize-logits applies to --loss kl or soft_targets, not "
+            f"to --loss {values['loss']}."
+        )
     if values["loss"] == "none" and not values["attention_transfer"]:
         raise UsageError(
             "--loss none switches the output distillation off; it needs a "
@@ -405,6 +427,46 @@ def _check_combinations(command, values):
 
 
 # The settings file of a run -------------------------------------------------
+
+
+def default_threads():
+    """`--threads` when not given: half the CPU cores this process may use.
+
+    TensorFlow's own default, one thread per core for each op, leaves the
+    input pipeline and the Python loop to compete with ops whose threads
+    spin while they wait; on small models that costs CPU time and gains no
+    speed (measured: README, Performance).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
+def in_flags(message):
+    """`message` in the command line's words: a setting's Python spelling
+    (`data_dir=...`, `overwrite=True`, `cache_teacher=False`) as its flag.
+
+    Example:
+
+    >>> in_flags("Pass data_dir= a folder, or overwrite=True.")
+    'Pass --data-dir a folder, or --overwrite.'
+    """
+    for option in OPTIONS:
+        key = re.escape(option.key)
+        if option.type is bool:
+            message = re.sub(rf"`?\b{key}=True\b`?", option.flag, message)
+            message = re.sub(rf"`?\b{key}=False\b`?",
+                             "--no-" + option.flag[2:], message)
+        elif option.choices and "on" in option.choices:
+            message = re.sub(rf"`?\b{key}=True\b`?", f"{option.flag} on",
+                             message)
+            message = re.sub(rf"`?\b{key}=False\b`?", f"{option.flag} off",
+                             message)
+        message = re.sub(rf"`{key}=([^`]*)`", option.flag + r" \1", message)
+        message = re.sub(rf"\b{key}=\s?", option.flag + " ", message)
+    return message
 
 
 def config_text(settings):

@@ -2,10 +2,14 @@
 
 Distillation compares distributions, so kdtrain needs each model's outputs as
 logits. A model whose last layer is a softmax (every `keras.applications`
-classifier by default) or a one-unit sigmoid emits probabilities; their
-logarithm is a logit vector up to a constant, which keeps temperature scaling
-exact: `softmax(log(p) / T) == softmax(z / T)` when `p = softmax(z)`.
+classifier by default) or a one-unit sigmoid emits probabilities. Where that
+softmax or sigmoid can be seen in the model's graph, `logits_model` reads the
+exact pre-activation logits from it, with the model's own weights; otherwise
+`to_logits` inverts the probabilities, which float32 only allows within the
+bounds its docstring states.
 """
+
+import weakref
 
 import keras
 import numpy as np
@@ -180,13 +184,27 @@ def resolve_output_kind(model, kind, argument):
 def to_logits(outputs, kind):
     """Converts a model's outputs to float32 logits.
 
+    Probabilities are inverted as far as float32 allows: a softmax's
+    log-probabilities are floored at `log(tiny) = -87.34`, and a sigmoid
+    output is clipped to `[tiny, 1 - eps]`, so only logits within
+    `[-87.34, 15.94]` come back (those near 15.94 coarsely, as `1 - p`
+    nears float32's resolution). `model_logits` avoids these bounds where
+    the model's graph shows its final activation.
+
     Args:
         outputs: Tensor of shape `(batch, classes)`.
         kind: `"logits"` or `"probabilities"`.
 
     Returns:
         The logits; for probabilities, log-probabilities (multi-class) or the
-        exact inverse sigmoid (a single unit).
+        inverse sigmoid (a single unit), within the bounds above.
+
+    Example:
+
+    ```python
+    p = keras.ops.convert_to_tensor([[0.25, 0.75]])
+    kdtrain.outputs.to_logits(p, "probabilities")  # [[log 0.25, log 0.75]]
+    ```
     """
     outputs = ops.cast(outputs, "float32")
     if kind == "logits":
@@ -195,6 +213,152 @@ def to_logits(outputs, kind):
         p = ops.clip(outputs, _TINY, 1.0 - _EPSILON)
         return ops.log(p) - ops.log1p(-p)
     return ops.log(ops.maximum(outputs, _TINY))
+
+
+class _DenseLogits(keras.layers.Layer):
+    """A `Dense` layer's output before its activation, from its own weights."""
+
+    def __init__(self, dense, **kwargs):
+        kwargs.setdefault("name", f"{dense.name}_pre_activation")
+        super().__init__(dtype=dense.dtype_policy, **kwargs)
+        self.dense = dense
+        self.built = True
+
+    def call(self, inputs):
+        x = ops.matmul(inputs, self.dense.kernel)
+        if self.dense.bias is not None:
+            x = ops.add(x, self.dense.bias)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return self.dense.compute_output_shape(input_shape)
+
+
+def _pre_activation(tensor):
+    """The symbolic input of the softmax or sigmoid that made `tensor`.
+
+    Returns None unless `tensor` comes out of a plain `Dense` with a softmax
+    or sigmoid activation, an `Activation` layer of either, a last-axis
+    `Softmax` layer, or a nested model that ends in one of these.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    layer = history.operation
+    node = layer._inbound_nodes[history.node_index]
+    args, kwargs = node.arguments.args, node.arguments.kwargs
+    if isinstance(layer, keras.Model):
+        if len(layer.outputs) != 1:
+            return None
+        # Built afresh, not taken from `logits_model`: calling a cached model
+        # here would tie it to this graph, and through it to `layer` itself,
+        # which could then never be released.
+        inner = _build_logits_model(layer)
+        return None if inner is None else inner(*args, **kwargs)
+    if len(args) != 1 or kwargs.get("mask") is not None:
+        return None
+    name = _activation_name(layer)
+    if name == "sigmoid" and tensor.shape[-1] != 1:
+        return None  # A multi-label head: not one distribution.
+    if isinstance(layer, keras.layers.Softmax):
+        last = len(tensor.shape) - 1
+        return args[0] if layer.axis in (-1, last, [-1], [last]) else None
+    if name not in ("softmax", "sigmoid"):
+        return None
+    if type(layer).call is keras.layers.Activation.call:
+        return args[0]
+    # A subclass's or a quantized layer's call may differ from Dense's.
+    if (type(layer).call is keras.layers.Dense.call
+            and layer.quantization_mode is None):
+        return _DenseLogits(layer)(args[0])
+    return None
+
+
+def _build_logits_model(model):
+    try:
+        # A Sequential model has one input and no `input` structure.
+        inputs = (model.inputs[0] if isinstance(model, keras.Sequential)
+                  else model.input)
+        outputs = list(model.outputs)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None  # Subclassed, or never called on symbolic inputs.
+    logits = _pre_activation(outputs[0]) if outputs else None
+    if logits is None:
+        return None
+    return keras.Model(
+        inputs, logits if len(outputs) == 1 else [logits, *outputs[1:]],
+        name=f"{model.name}_logits",
+    )
+
+
+# Built once per model and weakly keyed, so a discarded model is released; not
+# an attribute of the model, which Keras would save with it.
+_LOGITS_MODELS = weakref.WeakKeyDictionary()
+
+
+def logits_model(model):
+    """A model of the exact logits under `model`'s softmax or sigmoid.
+
+    When the first output of a functional or Sequential model comes out of
+    a softmax or a one-unit sigmoid (a `Dense` with that activation, an
+    `Activation` or `Softmax` layer, or a nested model ending in one), the
+    logits under it are part of the graph. This returns a functional model
+    with the same inputs whose first output is that pre-activation tensor
+    (other outputs unchanged). It calls `model`'s own layers, so it reads
+    their weights as they are (nothing is copied), and it is built once per
+    model.
+
+    Args:
+        model: A `keras.Model`.
+
+    Returns:
+        A functional `keras.Model`, or None where the final activation
+        cannot be reached (a subclassed model, another kind of layer).
+
+    Example:
+
+    ```python
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="softmax")]
+    )
+    logits = kdtrain.outputs.logits_model(model)
+    logits(x)  # x @ kernel + bias: the softmax's input, not log(model(x))
+    ```
+    """
+    try:
+        return _LOGITS_MODELS[model]
+    except KeyError:
+        pass
+    built = _build_logits_model(model)
+    _LOGITS_MODELS[model] = built
+    return built
+
+
+def model_logits(model, inputs, kind):
+    """A model's float32 logits on `inputs`, in inference mode.
+
+    A probability head's exact logits come from `logits_model`; where that
+    is None, its outputs are inverted by `to_logits`, within the bounds
+    stated there.
+
+    Args:
+        model: A `keras.Model`.
+        inputs: A batch of the model's inputs.
+        kind: `"logits"` or `"probabilities"`: what `model` emits.
+
+    Returns:
+        The logits, shape `(batch, classes)`.
+
+    Example:
+
+    ```python
+    logits = kdtrain.outputs.model_logits(teacher, x, "probabilities")
+    ```
+    """
+    exact = logits_model(model) if kind == "probabilities" else None
+    if exact is not None:
+        return ops.cast(exact(inputs, training=False), "float32")
+    return to_logits(model(inputs, training=False), kind)
 
 
 def to_probabilities(outputs, kind):

@@ -214,7 +214,8 @@ def augment_statelessly(augmentation, images, seed):
 
 
 def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
-                  seed=None, epoch_seed=None, logits=None, augmentation=None):
+                  seed=None, epoch_seed=None, logits=None, augmentation=None,
+                  offsets=None):
     """A `tf.data` pipeline of batches gathered from arrays by index.
 
     Args:
@@ -222,6 +223,9 @@ def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
         batch_size, shuffle, seed, epoch_seed: As for `indexed_batches`.
         logits: Optional teacher logits per sample, packed into the inputs
             with `pack_inputs`.
+        offsets: Optional float32 shift of each sample's `logits` row: the
+            batches then carry `logits + offsets` as float32 (a
+            `TeacherOutputCache`'s centered float16 rows and their offsets).
         augmentation: Optional random image layers applied to `x`, each
             batch's draws derived from `epoch_seed` and the batch's index
             (`augment_statelessly`); needs `epoch_seed`.
@@ -240,6 +244,8 @@ def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
         )
         for a in (x, y, sample_weight)
     ]
+    if offsets is not None:
+        offsets = tf.convert_to_tensor(offsets, tf.float32)
 
     def gather(step, indices):
         x, y, weight = [
@@ -254,7 +260,13 @@ def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True,
             )
             x = augment_statelessly(augmentation, x, seed)
         if logits is not None:
-            x = pack_inputs(x, _gather(logits, indices))
+            rows = _gather(logits, indices)
+            if offsets is not None:
+                # Widening float16 is exact; only the sum rounds, to float32.
+                rows = tf.cast(rows, tf.float32) + tf.expand_dims(
+                    tf.gather(offsets, indices), -1
+                )
+            x = pack_inputs(x, rows)
         return tuple(v for v in (x, y, weight) if v is not None)
 
     return (

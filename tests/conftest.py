@@ -5,6 +5,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+# The only deadline a test may set on a subprocess: far above the normal
+# time (seconds to a few minutes), so that only a hung process reaches it,
+# never a slow or busy machine.
+HANG_GUARD = 3600
+
 
 @pytest.fixture(scope="session")
 def digits():

@@ -5,6 +5,9 @@ Run as a script (a fresh process), because logical devices and a
 
     python distributed_check.py mirrored        # two logical CPUs
     python distributed_check.py mirrored_cache  # cache + GenerationRunner
+    python distributed_check.py mirrored_cwtm   # CWTM, uneven last batch
+    python distributed_check.py mirrored_hints  # hints, compiled outside
+    python distributed_check.py mirrored_logit_losses  # DKD, NKD, DIST, LS
     python distributed_check.py multi_worker    # two worker processes
 
 `multi_worker` trains a distiller and a chain on two workers; worker 1 kills
@@ -28,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 REPLICAS = 2
-TIMEOUT = 150
+TIMEOUT = 3600  # a hang guard only
 
 
 def split_cpu(count):
@@ -290,10 +293,210 @@ def mirrored_cache():
     }
 
 
+CWTM_SAMPLES = 21  # Batches of 8, 8 and 5: two replicas split 5 as 3 and 2.
+
+
+def train_cwtm(strategy=None):
+    """Two epochs of CWTM mixed with the labels: history and weights."""
+    import keras
+
+    import kdtrain
+
+    teacher, student = models()
+    distiller = kdtrain.Distiller(student, teacher, strategy=strategy)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        distillation_loss="cwtm",
+        ground_truth_weight=0.25,
+        metrics=["accuracy"],
+    )
+    x, y, _ = data()
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (x[:CWTM_SAMPLES], y[:CWTM_SAMPLES])
+    ).batch(8)
+    history = distiller.fit(dataset, epochs=2, verbose=0)
+    return {
+        "history": history.history,
+        "weights": [w.tolist() for w in student.get_weights()],
+    }
+
+
+def mirrored_cwtm():
+    """CWTM on one device and on two replicas, with what a reference needs."""
+    split_cpu(REPLICAS)
+    teacher, student = models()
+    x, y, _ = data()
+    single = train_cwtm()
+    strategy = tf.distribute.MirroredStrategy(
+        [f"/cpu:{i}" for i in range(REPLICAS)]
+    )
+    with strategy.scope():
+        distributed = train_cwtm(strategy)
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "single": single,
+        "distributed": distributed,
+        "teacher": [w.tolist() for w in teacher.get_weights()],
+        "initial": [w.tolist() for w in student.get_weights()],
+        "x": x[:CWTM_SAMPLES].tolist(),
+        "y": y[:CWTM_SAMPLES].tolist(),
+    }
+
+
+def train_hints(strategy=None):
+    """A hint between the hidden layers, the Distiller compiled outside the
+    strategy's scope; returns history, student and adapter weights."""
+    import contextlib
+
+    import keras
+
+    import kdtrain
+
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        teacher, student = models()
+        distiller = kdtrain.Distiller(student, teacher, strategy=strategy)
+    pair = (student.layers[0].name, teacher.layers[0].name)
+    keras.utils.set_random_seed(0)  # The adapter's initial weights.
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        distillation_loss=kdtrain.losses.KLDivergence(2.0),
+        ground_truth_weight=0.3,
+        feature_losses=[kdtrain.losses.HintLoss([pair])],
+    )
+    x, y, weights = data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(16)
+    history = distiller.fit(dataset, epochs=2, verbose=0)
+    (adapter,) = distiller.hint_adapters
+    return {
+        "history": history.history,
+        "weights": [w.tolist() for w in
+                    student.get_weights() + adapter.get_weights()],
+        "adapter_distributed": all(
+            isinstance(v.value, tf.distribute.DistributedValues)
+            for v in adapter.weights
+        ),
+    }
+
+
+def mirrored_hints():
+    split_cpu(REPLICAS)
+    single = train_hints()
+    strategy = tf.distribute.MirroredStrategy(
+        [f"/cpu:{i}" for i in range(REPLICAS)]
+    )
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "single": single,
+        "distributed": train_hints(strategy),
+    }
+
+
+LOGIT_LOSSES = ("dkd", "nkd", "dist", "kl_standardized")
+
+
+def train_logit_loss(name, strategy=None):
+    """Two epochs of a logit loss (a name, or "kl_standardized" for
+    `KLDivergence(2.0, standardize=True)`) mixed with the labels, on 21
+    weighted samples (weights with zeros; batches of 8, 8 and 5, split 4/4
+    and 3/2 over two replicas): history and weights."""
+    import keras
+
+    import kdtrain
+
+    teacher, student = models()
+    distiller = kdtrain.Distiller(student, teacher, strategy=strategy)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        distillation_loss=(
+            kdtrain.losses.KLDivergence(2.0, standardize=True)
+            if name == "kl_standardized" else name
+        ),
+        ground_truth_weight=0.25,
+        metrics=["accuracy"],
+    )
+    x, y, weights = data()
+    weights = weights.copy()
+    weights[::4] = 0.0
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (x[:CWTM_SAMPLES], y[:CWTM_SAMPLES], weights[:CWTM_SAMPLES])
+    ).batch(8)
+    history = distiller.fit(dataset, epochs=2, verbose=0)
+    return {
+        "history": history.history,
+        "weights": [w.tolist() for w in student.get_weights()],
+    }
+
+
+def dist_batch():
+    """A batch of logits with weights (zeros among them) for DIST."""
+    rng = np.random.default_rng(2)
+    teacher = rng.normal(scale=3.0, size=(8, 4)).astype("float32")
+    student = rng.normal(scale=3.0, size=(8, 4)).astype("float32")
+    weights = np.array([1, 0, 2, 1, 3, 0, 1, 2], "float32")
+    return teacher, student, weights
+
+
+DIST_SPLIT = 5  # replica 0 holds rows [:5], replica 1 rows [5:]
+
+
+def dist_value(strategy=None):
+    """DIST's batch loss as the Distiller reduces it: each replica's
+    weighted mean times its share of the batch, summed over the replicas."""
+    from keras import ops
+
+    import kdtrain
+    from kdtrain.distribute import replica_sum
+    from kdtrain.losses.reduction import weighted_mean
+
+    loss = kdtrain.losses.CorrelationKD(beta=1.0, gamma=2.0)
+    teacher, student, weights = dist_batch()
+
+    def step(t, s, w):
+        value = weighted_mean(loss.call(t, s, sample_weight=w), w)
+        size = ops.cast(ops.shape(t)[0], "float32")
+        return value * size / replica_sum(size)
+
+    if strategy is None:
+        return float(step(teacher, student, weights))
+
+    def shard(context):
+        rows = (slice(0, DIST_SPLIT) if context.replica_id_in_sync_group == 0
+                else slice(DIST_SPLIT, None))
+        return teacher[rows], student[rows], weights[rows]
+
+    values = strategy.experimental_distribute_values_from_function(shard)
+    per_replica = strategy.run(lambda batch: step(*batch), args=(values,))
+    return float(strategy.reduce("SUM", per_replica, axis=None))
+
+
+def mirrored_logit_losses():
+    """DKD, NKD, DIST and standardized KL on one device and on two
+    replicas; DIST's value on a batch split unevenly over the replicas."""
+    split_cpu(REPLICAS)
+    strategy = tf.distribute.MirroredStrategy(
+        [f"/cpu:{i}" for i in range(REPLICAS)]
+    )
+    report = {"replicas": strategy.num_replicas_in_sync,
+              "single": {}, "distributed": {}}
+    for name in LOGIT_LOSSES:
+        report["single"][name] = train_logit_loss(name)
+        with strategy.scope():
+            report["distributed"][name] = train_logit_loss(name, strategy)
+    teacher, student, weights = dist_batch()
+    report["dist_batch"] = {"teacher": teacher.tolist(),
+                            "student": student.tolist(),
+                            "weights": weights.tolist(),
+                            "split": DIST_SPLIT}
+    report["dist_single"] = dist_value()
+    report["dist_distributed"] = dist_value(strategy)
+    return report
+
+
 def main(mode):
     if mode == "worker":
         return worker(sys.argv[2])
-    if mode in ("multi_worker", "mirrored_cache"):
+    if mode in ("multi_worker", "mirrored_cache", "mirrored_cwtm",
+                "mirrored_hints", "mirrored_logit_losses"):
         report = globals()[mode]()
         print(json.dumps(report))
         return None

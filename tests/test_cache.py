@@ -21,10 +21,30 @@ def log_softmax(z):
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+def raw_logits(teacher, x):
+    """The softmax teacher's logits from its weights in numpy."""
+    w1, b1, w2, b2 = teacher.get_weights()
+    return np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+
+
 def reference_logits(teacher, x):
-    """The teacher's log-probabilities, from its softmax outputs in numpy."""
-    probabilities = teacher.predict(x, batch_size=512, verbose=0)
-    return np.log(np.maximum(probabilities, np.finfo(np.float32).tiny))
+    """`raw_logits`, each row minus its maximum (as the cache stores them)."""
+    z = raw_logits(teacher, x)
+    return z - z.max(-1, keepdims=True)
+
+
+def assert_cached_logits(delivered, z):
+    """Batches' logits against the teacher's `z`: float16 rounds each logit
+    within `2**-11` of its distance from its row's maximum (the centered
+    value it stores); float32 sums and passes err by far less."""
+    z = np.asarray(z, np.float64)
+    error = np.abs(np.asarray(delivered, np.float64) - z)
+    bound = 2.0**-11 * np.abs(z - z.max(-1, keepdims=True)) + 1e-5
+    assert np.all(error <= bound), (error - bound).max()
+
+
+def np_softmax(z, t=1.0):
+    return np.exp(log_softmax(np.asarray(z, np.float64) / t))
 
 
 def kl_loss(teacher_logits, student_logits, t=TEMPERATURE):
@@ -48,6 +68,13 @@ def test_cache_holds_the_teachers_logits_as_float16(
     np.testing.assert_allclose(
         cache.logits.astype("float32"), expected, rtol=1e-3, atol=1e-3
     )
+    # Each row's maximum is kept beside it, in float32.
+    raw = raw_logits(trained_teacher, digits[0])
+    assert cache.offsets.dtype == np.float32
+    assert cache.offsets.shape == (len(digits[0]),)
+    np.testing.assert_allclose(cache.offsets, raw.max(-1), rtol=1e-5,
+                               atol=1e-5)
+    assert np.abs(cache.offsets).max() > 1.0  # the test covers offsets
     assert cache.fingerprint == cache_module.weights_fingerprint(
         trained_teacher
     )
@@ -61,7 +88,7 @@ def test_shuffled_batches_carry_their_own_samples_logits(
     cache, trained_teacher, digits
 ):
     x, y = digits
-    expected = reference_logits(trained_teacher, x)
+    expected = raw_logits(trained_teacher, x)
     dataset = cache.dataset(x, y, batch_size=100, shuffle=True, seed=3)
     orders = []
     for _ in range(2):
@@ -70,15 +97,12 @@ def test_shuffled_batches_carry_their_own_samples_logits(
             batch_x = inputs["inputs"].numpy()
             rows = [int(np.argmin(np.abs(x - row).sum(1))) for row in batch_x[:8]]
             np.testing.assert_array_equal(labels.numpy()[:8], y[rows])
-            np.testing.assert_allclose(
-                inputs["teacher_logits"].numpy()[:8].astype("float32"),
-                reference_logits(trained_teacher, batch_x[:8]),
-                rtol=1e-3, atol=1e-3,
-            )
-            np.testing.assert_allclose(
-                inputs["teacher_logits"].numpy()[:8].astype("float32"),
-                expected[rows], rtol=1e-3, atol=1e-3,
-            )
+            # The teacher's own logits: centered rows plus their offsets.
+            assert inputs["teacher_logits"].dtype == tf.float32
+            assert_cached_logits(inputs["teacher_logits"].numpy()[:8],
+                                 raw_logits(trained_teacher, batch_x[:8]))
+            assert_cached_logits(inputs["teacher_logits"].numpy()[:8],
+                                 expected[rows])
             seen.append(labels.numpy())
         orders.append(np.concatenate(seen))
     assert sorted(orders[0]) == sorted(y)
@@ -130,7 +154,7 @@ def test_cached_losses_equal_online_losses(cache, trained_teacher, digits):
 def test_save_and_load_memory_mapped(cache, trained_teacher, digits, tmp_path):
     cache.save(tmp_path)
     assert sorted(os.listdir(tmp_path)) == [
-        "teacher_outputs.json", "teacher_outputs.npy"
+        "teacher_offsets.npy", "teacher_outputs.json", "teacher_outputs.npy"
     ]
     loaded = TeacherOutputCache.load(
         tmp_path, teacher=trained_teacher, samples=len(digits[0]),
@@ -138,10 +162,12 @@ def test_save_and_load_memory_mapped(cache, trained_teacher, digits, tmp_path):
     )
     assert isinstance(loaded.logits, np.memmap)
     np.testing.assert_array_equal(loaded.logits, cache.logits)
+    np.testing.assert_array_equal(loaded.offsets, cache.offsets)
     x, y = digits
     inputs, _ = next(iter(loaded.dataset(x, y, batch_size=50, shuffle=False)))
     np.testing.assert_array_equal(
-        inputs["teacher_logits"].numpy(), cache.logits[:50]
+        inputs["teacher_logits"].numpy(),
+        cache.logits[:50].astype("float32") + cache.offsets[:50, None],
     )
 
 
@@ -167,14 +193,23 @@ def test_keys_name_each_rows_sample(cache, trained_teacher, digits, tmp_path):
     assert keys.dtype == np.dtype("S16") and len(set(keys)) == len(
         set(map(bytes, np.unique(np.concatenate([x, y[:, None]], 1), axis=0)))
     )
-    keyed = TeacherOutputCache(cache.logits, cache.fingerprint, keys)
+    keyed = TeacherOutputCache(cache.logits, cache.fingerprint, keys,
+                               cache.offsets)
     keyed.save(tmp_path / "cache")
-    TeacherOutputCache.load(tmp_path / "cache", keys=keys)
-    # The same samples in another order: each row follows its sample.
+    same = TeacherOutputCache.load(tmp_path / "cache", keys=keys)
+    np.testing.assert_array_equal(same.offsets, cache.offsets)
+    # The same samples in another order: each row follows its sample, and
+    # its offset with it.
     order = np.random.default_rng(1).permutation(len(x))
     reordered = TeacherOutputCache.load(tmp_path / "cache", keys=keys[order])
     np.testing.assert_array_equal(reordered.logits, cache.logits[order])
+    np.testing.assert_array_equal(reordered.offsets, cache.offsets[order])
     np.testing.assert_array_equal(reordered.keys, keys[order])
+    inputs, = next(iter(reordered.dataset(x[order], batch_size=64,
+                                          shuffle=False)))
+    assert_cached_logits(inputs["teacher_logits"].numpy(),
+                         raw_logits(trained_teacher, x[order][:64]))
+    reordered.verify(trained_teacher, x[order])
     with pytest.raises(cache_module.CacheMismatch, match="another order"):
         keyed.check(keys=keys[order])
     # Other samples: refused.
@@ -189,10 +224,15 @@ def test_verify_recomputes_rows_and_catches_permuted_ones(
     x, _ = digits
     cache.verify(trained_teacher, x)  # the teacher's own outputs: fine
     order = np.random.default_rng(2).permutation(len(x))
-    permuted = TeacherOutputCache(cache.logits[order], cache.fingerprint)
-    with pytest.raises(cache_module.CacheMismatch,
-                       match="does not hold this teacher's outputs"):
-        permuted.verify(trained_teacher, x)
+    for logits, offsets in (
+        (cache.logits[order], cache.offsets[order]),  # permuted rows
+        (cache.logits, cache.offsets[order]),  # permuted offsets
+        (cache.logits, None),  # offsets lost: other logits
+    ):
+        wrong = TeacherOutputCache(logits, cache.fingerprint, offsets=offsets)
+        with pytest.raises(cache_module.CacheMismatch,
+                           match="does not hold this teacher's outputs"):
+            wrong.verify(trained_teacher, x)
 
 
 def test_a_shuffled_pipeline_reads_the_same_in_every_state(digits):
@@ -239,14 +279,174 @@ def test_save_refuses_a_folder_of_other_files(cache, tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
-def test_refuses_logits_beyond_float16():
-    teacher = keras.Sequential(
-        [keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="ones")]
-    )
-    with pytest.raises(ValueError, match="float16"):
-        TeacherOutputCache.compute(
-            teacher, np.full((4, 2), 1e5, "float32"), teacher_outputs="logits"
+def offset_teacher(classes, offset):
+    """A logits teacher whose rows spread over about ±8 around `offset`."""
+    keras.utils.set_random_seed(21)
+    teacher = keras.Sequential([keras.Input((6,)),
+                                keras.layers.Dense(classes)])
+    kernel = np.random.default_rng(4).standard_normal((6, classes)) * 2.0
+    teacher.set_weights([kernel, np.full(classes, offset)])
+    return teacher
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_offset_logits_keep_their_soft_targets(classes):
+    x = np.random.default_rng(5).standard_normal((256, 6)).astype("float32")
+    teacher = offset_teacher(classes, 300.0)
+    w, b = (np.float64(v) for v in teacher.get_weights())
+    z = x @ w + b  # float64 reference
+    cache = TeacherOutputCache.compute(teacher, x, teacher_outputs="logits")
+    stored = cache.logits.astype("float32")
+    np.testing.assert_array_equal(stored.max(-1), 0.0)  # row-centered
+    for t in (1.0, 4.0, 20.0):
+        error = np.abs(np_softmax(stored, t) - np_softmax(z, t)).max()
+        assert error < 1e-3, (t, error)
+        # The stated bound, first order: 2**-11 * (1/e + ln(classes)).
+        assert error < 2.0**-11 * (1 / np.e + np.log(classes))
+    # Uncentered float16 would not have kept them.
+    assert np.abs(np_softmax(z.astype("float16")) - np_softmax(z)).max() > 1e-2
+    # Batches carry the teacher's logits, offsets added back: within float16
+    # rounding of the centered part plus float32's of the sum (and of the
+    # teacher's own float32 pass).
+    np.testing.assert_allclose(cache.offsets, z.max(-1), rtol=2.0**-22)
+    inputs, = next(iter(cache.dataset(x, batch_size=32, shuffle=False)))
+    delivered = inputs["teacher_logits"].numpy()
+    assert delivered.dtype == np.float32
+    bound = (2.0**-11 * np.abs(z[:32] - z[:32].max(-1, keepdims=True))
+             + 2 * np.spacing(np.abs(z[:32]).astype("float32")))
+    assert np.all(np.abs(delivered - z[:32]) <= bound)
+    for t in (1.0, 4.0, 20.0):
+        assert np.abs(np_softmax(delivered, t)
+                      - np_softmax(z[:32], t)).max() < 1e-3, t
+    cache.verify(teacher, x, teacher_outputs="logits")
+
+
+def test_a_single_unit_is_stored_as_it_is():
+    x = np.random.default_rng(6).standard_normal((64, 6)).astype("float32")
+    teacher = offset_teacher(1, 3.0)
+    w, b = (np.float64(v) for v in teacher.get_weights())
+    z = x @ w + b
+    cache = TeacherOutputCache.compute(teacher, x)
+    # Not centered: a sigmoid's logit is not shift-invariant.
+    np.testing.assert_allclose(cache.logits.astype("float64"), z,
+                               rtol=2.0**-11, atol=1e-6)
+    for t in (1.0, 4.0):
+        sigmoid = 1 / (1 + np.exp(-cache.logits.astype("float64") / t))
+        assert np.abs(sigmoid - 1 / (1 + np.exp(-z / t))).max() <= (
+            2.0**-11 / np.e
         )
+
+
+def test_verify_compares_the_logits_with_their_offsets(cache,
+                                                       trained_teacher,
+                                                       digits):
+    x, _ = digits
+    raw = raw_logits(trained_teacher, x).astype("float32")
+    # Uncentered float16 rows (offsets 0) are the teacher's logits: fine.
+    TeacherOutputCache(raw.astype("float16"), cache.fingerprint).verify(
+        trained_teacher, x
+    )
+    # Shifted rows have the teacher's softmax but not its logits.
+    shift = np.linspace(-20, 20, len(x), dtype="float32")
+    shifted = TeacherOutputCache(cache.logits, cache.fingerprint,
+                                 offsets=cache.offsets + shift)
+    with pytest.raises(cache_module.CacheMismatch,
+                       match="does not hold this teacher's outputs"):
+        shifted.verify(trained_teacher, x)
+    # Other arrays given to the constructor are split into centered rows
+    # and offsets.
+    split = TeacherOutputCache(raw, cache.fingerprint)
+    np.testing.assert_array_equal(split.logits.max(-1), 0.0)
+    np.testing.assert_array_equal(split.offsets, raw.max(-1))
+    split.verify(trained_teacher, x)
+    with pytest.raises(ValueError, match="`offsets` go with float16"):
+        TeacherOutputCache(raw, cache.fingerprint, offsets=raw.max(-1))
+    with pytest.raises(ValueError, match="one per row"):
+        TeacherOutputCache(cache.logits, cache.fingerprint,
+                           offsets=cache.offsets[:5])
+
+
+def strip_offsets(directory):
+    """Makes a saved cache look like one saved without its rows' offsets."""
+    from kdtrain import files
+
+    info = files.read_json(directory / "teacher_outputs.json")
+    del info["files"]["offsets"], info["sha256"]["teacher_offsets.npy"]
+    (directory / "teacher_offsets.npy").unlink()
+    files.write_json_atomically(directory / "teacher_outputs.json", info)
+
+
+def test_a_cache_saved_without_offsets_is_refused(cache, tmp_path):
+    """Its rows may be centered with their offsets lost, or uncentered
+    float16; the files cannot tell, so it is computed again."""
+    cache.save(tmp_path)
+    strip_offsets(tmp_path)
+    with pytest.raises(cache_module.CacheMismatch,
+                       match="no offsets of its rows.*Compute it again"):
+        TeacherOutputCache.load(tmp_path)
+
+
+def test_cached_logits_mse_trains_on_the_online_targets():
+    """`LogitsMSE(center=False)` sees a row's offset: a cached step must see
+    the teacher's logits (about 300 ± 8 here), not the centered rows."""
+    x = np.random.default_rng(7).standard_normal((128, 6)).astype("float32")
+    teacher = offset_teacher(10, 300.0)
+    w, b = (np.float64(v) for v in teacher.get_weights())
+    z = x @ w + b  # float64 reference
+    cache = TeacherOutputCache.compute(teacher, x, teacher_outputs="logits")
+    learning_rate = 1e-3
+
+    def step(data, **kwargs):
+        keras.utils.set_random_seed(3)
+        student = keras.Sequential([keras.Input((6,)),
+                                    keras.layers.Dense(10)])
+        before = [np.float64(v) for v in student.get_weights()]
+        distiller = kdtrain.Distiller(student, teacher)
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(learning_rate),
+            distillation_loss=kdtrain.losses.LogitsMSE(center=False),
+            metrics=None,
+        )
+        history = distiller.fit(data, epochs=1, verbose=0, **kwargs)
+        after = student.get_weights()
+        return before, history.history["loss"][0], after
+
+    before, online_loss, online = step(x, batch_size=128, shuffle=False)
+    _, cached_loss, cached = step(cache.dataset(x, batch_size=128,
+                                                shuffle=False), shuffle=False)
+    # NumPy reference: mean((s - z)^2) and one SGD step of it.
+    kernel, bias = before
+    s = x @ kernel + bias
+    expected_loss = np.mean((s - z) ** 2)
+    grad = 2 * (s - z) / z.size
+    expected = [kernel - learning_rate * x.T @ grad,
+                bias - learning_rate * grad.sum(0)]
+    np.testing.assert_allclose(online_loss, expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(cached_loss, expected_loss, rtol=1e-3)
+    assert expected_loss > 5e4  # the offsets dominate the loss
+    for name, weights in (("online", online), ("cached", cached)):
+        for value, start, reference in zip(weights, before, expected):
+            np.testing.assert_allclose(value - start, reference - start,
+                                       rtol=1e-3, err_msg=name)
+
+
+def test_refuses_logits_beyond_float16():
+    def teacher(kernel):
+        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(
+            len(kernel[0]), kernel_initializer=keras.initializers.Constant(
+                kernel))])
+
+    x = np.full((4, 2), 1e5, "float32")
+    # A large offset is centered away...
+    equal = TeacherOutputCache.compute(teacher([[1.0, 1.0], [1.0, 1.0]]), x,
+                                       teacher_outputs="logits")
+    np.testing.assert_array_equal(equal.logits, 0.0)
+    np.testing.assert_array_equal(equal.offsets, 2e5)  # kept in float32
+    # ...a spread beyond float16 (or a single unit beyond it) is not.
+    for kernel in ([[1.0, -1.0], [1.0, -1.0]], [[1.0], [1.0]]):
+        with pytest.raises(ValueError, match="float16"):
+            TeacherOutputCache.compute(teacher(kernel), x,
+                                       teacher_outputs="logits")
 
 
 def test_augmentation_detection():
@@ -322,6 +522,16 @@ def test_runner_resumes_with_its_cache_and_recomputes_a_stale_one(
             )
     again = TeacherOutputCache.load(cache_dir, teacher=trained_teacher)
     np.testing.assert_array_equal(again.logits, saved.logits)
+    np.testing.assert_array_equal(again.offsets, saved.offsets)
+    # A cache saved without offsets: refused, computed again with them.
+    strip_offsets(cache_dir)
+    with pytest.warns(UserWarning, match="no offsets.*Computing it again"):
+        with pytest.raises(RuntimeError, match="crash"):
+            _runner(trained_teacher, directory=tmp_path).run(
+                (x, y), epochs=1, batch_size=256, callbacks=[_Crash()]
+            )
+    again = TeacherOutputCache.load(cache_dir, teacher=trained_teacher)
+    np.testing.assert_array_equal(again.offsets, saved.offsets)
     result = _runner(trained_teacher, directory=tmp_path).run(
         (x, y), epochs=1, batch_size=256
     )

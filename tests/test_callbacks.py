@@ -1,4 +1,7 @@
 import io
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -12,6 +15,7 @@ from kdtrain.callbacks import GenerationTensorBoard
 from kdtrain.callbacks import TqdmProgress
 from kdtrain.chain import GenerationRunner
 from kdtrain.chain.callbacks import copy_callbacks
+from conftest import HANG_GUARD
 from conftest import mlp
 
 
@@ -118,6 +122,149 @@ def test_tensorboard_generation_set_by_a_runner(tmp_path, digits):
     assert (tmp_path / "gen-7" / "train").is_dir()
     assert (tmp_path / "gen-8" / "train").is_dir()
 
+
+def summary_files(log_dir):
+    """The summary run's event files: name to bytes."""
+    return {p.name: p.read_bytes()
+            for p in (log_dir / "summary").iterdir() if "tfevents" in p.name}
+
+
+def summary_keys(log_dir):
+    """`(tag, step)` of every value in the summary run's event files."""
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.compat.proto import event_pb2
+
+    keys = []
+    for name in sorted(summary_files(log_dir)):
+        loader = event_file_loader.RawEventFileLoader(
+            str(log_dir / "summary" / name)
+        )
+        for record in loader.Load():
+            event = event_pb2.Event.FromString(record)
+            keys += [(value.tag, event.step) for value in event.summary.value]
+    return keys
+
+
+def session_hparams(log_dir):
+    """The HParams of the summary run's session, as plain values."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = read(log_dir / "summary").PluginTagToContent("hparams")
+    data = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    )
+    return {name: getattr(value, value.WhichOneof("kind"))
+            for name, value in data.session_start_info.hparams.items()}
+
+
+def test_tensorboard_summary_is_one_file_rewritten_when_it_changes(tmp_path):
+    hparams = {"generations": 2, "loss": "soft_targets"}
+    board = GenerationTensorBoard(tmp_path)
+    board.log_evaluation(0, {"accuracy": 0.5, "loss": 1.5})
+    board.log_hparams(hparams, metrics=["test/accuracy"], trial_id="run")
+    first = summary_files(tmp_path)
+    assert len(first) == 1
+    # A rerun (a new process, so a new callback) logging the same values,
+    # the configuration included, writes nothing.
+    again = GenerationTensorBoard(tmp_path)
+    again.log_evaluation(0, {"accuracy": 0.5, "loss": 1.5})
+    again.log_hparams(hparams, metrics=["test/accuracy"], trial_id="run")
+    assert summary_files(tmp_path) == first
+    # New and changed values (a resumed, a retrained generation): one file,
+    # named after the last so that a watching TensorBoard moves on to it.
+    again.log_evaluation(1, {"accuracy": 0.75, "loss": 1.0})
+    again.log_evaluation(0, {"accuracy": 0.625, "loss": 1.25})
+    second = summary_files(tmp_path)
+    assert len(second) == 1 and min(second) > min(first)
+    assert sorted(p.name for p in (tmp_path / "summary").iterdir()) == sorted(
+        second
+    )
+    assert values(read(tmp_path / "summary"), "test/accuracy") == [
+        (0, 0.625), (1, 0.75)
+    ]
+    keys = summary_keys(tmp_path)
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 6
+    assert session_hparams(tmp_path) == hparams
+
+
+def test_the_same_configuration_from_another_process_writes_nothing(
+        tmp_path):
+    # The HParams' map is serialized in an order that depends on the
+    # process's string hashing.
+    code = (
+        "import sys\n"
+        "from kdtrain.callbacks import GenerationTensorBoard\n"
+        "GenerationTensorBoard(sys.argv[1]).log_hparams(\n"
+        "    {f'h{i}': i for i in range(30)}, metrics=['test/accuracy'],\n"
+        "    trial_id='run')\n"
+    )
+    for seed in ("1", "2"):
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], check=True,
+            timeout=HANG_GUARD, env={**os.environ, "PYTHONHASHSEED": seed,
+                              "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        if seed == "1":
+            first = summary_files(tmp_path)
+    assert len(first) == 1 and summary_files(tmp_path) == first
+
+
+def test_tensorboard_folds_in_older_summary_files(tmp_path):
+    for step in (0, 1):  # As earlier versions wrote them: a file per call.
+        writer = tf.summary.create_file_writer(str(tmp_path / "summary"))
+        with writer.as_default():
+            tf.summary.scalar("test/accuracy", 0.5 + step / 4, step=step)
+        writer.close()
+    assert len(summary_files(tmp_path)) == 2
+    GenerationTensorBoard(tmp_path).log_evaluation(2, {"accuracy": 0.875})
+    assert len(summary_files(tmp_path)) == 1
+    assert values(read(tmp_path / "summary"), "test/accuracy") == [
+        (0, 0.5), (1, 0.75), (2, 0.875)
+    ]
+
+
+def test_chain_summary_records_the_configuration_once(digits, tmp_path):
+    x, y = digits
+    # A pipeline records no batch size; the runner reads it off a batch.
+    train = tf.data.Dataset.from_tensor_slices((x[:300], y[:300])).batch(50)
+    test = (x[300:400], y[300:400])
+
+    def run():
+        runner = GenerationRunner(build_model, generations=1, seed=0,
+                                  verbose=0, directory=tmp_path,
+                                  progress=False, cache_teacher=False)
+        runner.run(train, test_data=test, epochs=1, batch_size=100)
+
+    def logs():
+        return {p: p.read_bytes() for p in (tmp_path / "logs").rglob("*")
+                if p.is_file()}
+
+    run()
+    assert session_hparams(tmp_path / "logs") == {
+        "dataset": "tf.data.Dataset", "batch_size": 50, "model": "Sequential",
+        "params": 64 * 16 + 16 + 16 * 10 + 10, "teacher_model": "Sequential",
+        "teacher": "trained", "generations": 1,
+        "distillation_loss": "SoftTargets", "temperature": 1.0,
+        "ground_truth_weight": 0.0, "feature_losses": "none",
+        "teach_from": "previous", "epochs": 1, "teacher_epochs": 1,
+        "optimizer": "Adam", "learning_rate": pytest.approx(0.001),
+        "seed": 0,
+    }
+    before = logs()
+    assert len(summary_files(tmp_path / "logs")) == 1
+    run()  # Finished: loads everything, logs nothing new.
+    assert logs() == before
+    # Resumed after generation 1 was lost: it trains again, and the summary
+    # stays one file with each value once.
+    for name in ("gen-1", "results.json"):
+        kdtrain.files.remove(tmp_path / name)
+    run()
+    assert len(summary_files(tmp_path / "logs")) == 1
+    keys = summary_keys(tmp_path / "logs")
+    assert len(keys) == len(set(keys))
+    steps = [s for s, _ in values(read(tmp_path / "logs" / "summary"),
+                                  "test/accuracy")]
+    assert steps == [0, 1]
 
 # TqdmProgress ---------------------------------------------------------------------
 
@@ -242,9 +389,11 @@ def test_a_users_generation_callback_follows_the_chain(digits, tmp_path):
     assert [e[1:] for e in journal.events if e[0] == "generation_begin"] == [
         (0, "Teacher"), (1, "BAN-1"), (2, "BAN-2")
     ]
-    # One shared object saw every generation's model (not a copy each).
-    models = {e[1] for e in journal.events if e[0] == "train_begin"}
-    assert len(models) == 3
+    # One shared object saw every generation's training (not a copy each):
+    # the teacher's model, then one Distiller, which the cached chain
+    # reuses for the next student.
+    models = [e[1] for e in journal.events if e[0] == "train_begin"]
+    assert models[0] != models[1] and models[1] == models[2]
     assert [e[1:] for e in journal.events if e[0] == "evaluation"][-2:] == [
         (2, "ensemble", "test"), (2, "ensemble_with_teacher", "test")
     ]

@@ -9,8 +9,11 @@ import tomllib
 
 import pytest
 
+from conftest import HANG_GUARD
+import kdtrain
 from kdtrain import cli
 from kdtrain import options
+from kdtrain import quick
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 TINY = ["--train-size", "96", "--test-size", "64", "--epochs", "1",
@@ -151,7 +154,7 @@ def finished_run(tmp_path_factory):
     """`kdtrain ban` on digits with tiny settings, run as a subprocess."""
     cwd = tmp_path_factory.mktemp("cli")
     process = kdtrain_process(["ban", *TINY, "--seed", "3"], cwd)
-    out, err = process.communicate(timeout=300)
+    out, err = process.communicate(timeout=HANG_GUARD)
     return cwd / "runs" / "ban-digits-wrn-16-1", process.returncode, out, err
 
 
@@ -205,6 +208,49 @@ def test_rerun_resumes_without_training(finished_run, capsys):
             "--no-tensorboard"]
     assert cli.main(argv) == cli.EXIT_OK
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_tensorboard_hparams_describe_the_run(finished_run):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    directory, code, _, _ = finished_run
+    assert code == 0
+    summary = directory / "logs" / "summary"
+    assert len([p for p in summary.iterdir() if "tfevents" in p.name]) == 1
+    accumulator = event_accumulator.EventAccumulator(str(summary))
+    accumulator.Reload()
+    data = plugin_data_pb2.HParamsPluginData.FromString(
+        accumulator.PluginTagToContent("hparams")[
+            "_hparams_/session_start_info"]
+    )
+    hparams = {name: getattr(value, value.WhichOneof("kind"))
+               for name, value in data.session_start_info.hparams.items()}
+    assert data.session_start_info.group_name == directory.name
+    # The command line's tf.data pipeline's batch size, and its names.
+    assert {key: hparams[key] for key in (
+        "dataset", "batch_size", "model", "teacher_model", "distillation_loss",
+        "temperature", "ground_truth_weight", "seed", "epochs", "optimizer",
+    )} == {
+        "dataset": "digits", "batch_size": 32, "model": "wrn-16-1",
+        "teacher_model": "wrn-16-1", "distillation_loss": "SoftTargets",
+        "temperature": 1.0, "ground_truth_weight": 0.0, "seed": 3,
+        "epochs": 1, "optimizer": "Adam",
+    }
+
+
+def test_rerun_leaves_the_tensorboard_logs_as_they_are(finished_run, capsys):
+    directory, code, _, _ = finished_run
+    assert code == 0
+
+    def logs():
+        return {p: p.read_bytes() for p in (directory / "logs").rglob("*")
+                if p.is_file()}
+
+    before = logs()
+    argv = ["ban", *TINY, "--seed", "3", "--directory", str(directory)]
+    assert cli.main(argv) == cli.EXIT_OK
+    assert logs() == before
 
 
 def test_a_directory_of_other_settings_is_refused(finished_run, capsys):
@@ -265,15 +311,15 @@ def test_ctrl_c_keeps_finished_generations_and_prints_the_resume_command(
     teacher = run / "gen-0" / "model.keras"
     epoch_of_gen_1 = run / "gen-1" / "backup" / "epoch-0001"
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + HANG_GUARD
         while not epoch_of_gen_1.exists() and time.monotonic() < deadline:
             if process.poll() is not None:
                 break
             time.sleep(0.2)
         # Generation 1 is training: an epoch of it has ended.
-        assert epoch_of_gen_1.exists(), process.communicate(timeout=10)[1][-2000:]
+        assert epoch_of_gen_1.exists(), process.communicate(timeout=HANG_GUARD)[1][-2000:]
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=120)
+        out, err = process.communicate(timeout=HANG_GUARD)
     finally:
         process.kill()
     assert process.returncode == cli.EXIT_INTERRUPTED, err[-2000:]
@@ -326,6 +372,28 @@ def test_value_errors_are_bad_input_only_before_training(
         assert code == cli.EXIT_USAGE and "resume with" not in err
 
 
+def test_logit_loss_options_make_the_losses(tmp_path):
+    from kdtrain import commands
+    from kdtrain import losses
+
+    for name, cls in (("dkd", losses.DecoupledKD),
+                      ("dist", losses.CorrelationKD),
+                      ("nkd", losses.NormalizedKD)):
+        _, settings = options.parse(["distill", "--loss", name,
+                                     "--temperature", "2"])
+        loss = commands.distillation_loss(settings)
+        assert type(loss) is cls and loss.temperature == 2.0
+    config = tmp_path / "run.toml"
+    config.write_text('loss = "kl"\nstandardize_logits = true\n')
+    _, settings = options.parse(["ban", "--config", str(config)])
+    loss = commands.distillation_loss(settings)
+    assert type(loss) is losses.KLDivergence and loss.standardize
+    _, settings = options.parse(["ban", "--loss", "soft_targets"])
+    assert not commands.distillation_loss(settings).standardize
+    with pytest.raises(cli.UsageError, match="--loss kl or soft_targets"):
+        options.parse(["ban", "--loss", "dkd", "--standardize-logits"])
+
+
 def test_attention_transfer_options_make_the_feature_loss():
     from kdtrain import commands
 
@@ -356,3 +424,159 @@ def test_distribute_mirrored_trains_a_chain(tmp_path, capsys):
     code, out, err = run_main(argv, capsys)
     assert code == cli.EXIT_OK, err
     assert "| Metrics | Teacher | BAN-1 |" in out
+
+
+# Answers without TensorFlow -------------------------------------------------
+
+# Runs the command line in a fresh process and reports whether it loaded
+# TensorFlow (or Keras) on the way.
+_TF_PROBE = (
+    "import sys\n"
+    "from kdtrain.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('CODE', code)\n"
+    "print('TF', 'tensorflow' in sys.modules or 'keras' in sys.modules)\n"
+)
+
+
+def _probe(argv, cwd):
+    process = subprocess.run(
+        [sys.executable, "-c", _TF_PROBE, *argv], cwd=cwd, text=True,
+        capture_output=True, timeout=HANG_GUARD,
+    )
+    lines = process.stdout.splitlines()
+    code = int(next(line for line in lines if line.startswith("CODE"))[5:])
+    loaded = next(line for line in lines if line.startswith("TF")) == "TF True"
+    return code, loaded, process.stdout, process.stderr
+
+
+def test_a_finished_run_prints_its_table_without_tensorflow(finished_run):
+    directory, code, out, _ = finished_run
+    assert code == 0
+    argv = ["ban", *TINY, "--seed", "3", "--directory", str(directory)]
+    code, loaded, stdout, stderr = _probe(argv, directory.parent)
+    assert code == cli.EXIT_OK, stderr
+    assert not loaded
+    results = json.loads((directory / "results.json").read_text())
+    table = out[out.index("| Metrics"):].split("\n\n")[0]
+    assert table in stdout  # the table the training run printed
+    test_rows = [r for r in results["table"] if r["split"] == "test"]
+    assert f"{test_rows[0]['accuracy']:.4f}" in stdout
+
+
+def test_a_changed_model_file_is_not_trusted_without_tensorflow(
+    finished_run, tmp_path
+):
+    import shutil
+
+    directory, code, _, _ = finished_run
+    assert code == 0
+    copy = tmp_path / "run"
+    shutil.copytree(directory, copy)
+    model = copy / "gen-1" / "model.keras"
+    model.write_bytes(model.read_bytes() + b"\0")
+    config = (copy / "config.toml").read_text().replace(
+        str(directory), str(copy))
+    (copy / "config.toml").write_text(config)
+    settings = options.parse(
+        ["ban", *TINY, "--seed", "3", "--directory", str(copy)])[1]
+    assert quick.finished_table("ban", settings) is None  # the full path
+    settings = options.parse(
+        ["ban", *TINY, "--seed", "4", "--directory", str(directory)])[1]
+    assert quick.finished_table("ban", settings) is None  # other settings
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "no-such-run"], "no-such-run: no such directory"),
+    (["report", "no-such-run"], "no-such-run: no such directory"),
+    (["ban", "--model", "wrn-16-x", "--directory", "r"],
+     "--model wrn-16-x: no such model. Known: wrn-<depth>-<width>"),
+    (["distill", "--teacher-model", "vgg99", "--directory", "r"],
+     "--teacher-model vgg99: no such model"),
+])
+def test_errors_that_need_no_model_come_without_tensorflow(
+    argv, message, tmp_path
+):
+    code, loaded, _, stderr = _probe(argv, tmp_path)
+    assert code == cli.EXIT_USAGE
+    assert not loaded
+    assert message in stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_without_matplotlib_names_the_install(finished_run, capsys,
+                                                     monkeypatch):
+    import importlib.util
+
+    directory = finished_run[0]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        None if name == "matplotlib" else find_spec(name, *a)))
+    code, _, err = run_main(["report", str(directory)], capsys)
+    assert code == cli.EXIT_USAGE
+    assert "matplotlib, which is not installed" in err
+    assert 'pip install -e ".[plot]"' in err
+
+
+# Details of the command line ------------------------------------------------
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kdtrain {kdtrain.__version__}"
+
+
+def test_help_shows_one_default_per_option():
+    parser = options.build_parser()
+    subparsers = next(
+        a for a in parser._actions if a.dest == "command").choices
+    text = " ".join(subparsers["ban"].format_help().split())
+    assert "(default: None)" not in text
+    assert "epochs of the teacher (default: --epochs) --" in text
+    assert text.count("(default:") == text.count("(default: ") > 10
+
+
+def test_python_spellings_become_flags():
+    assert options.in_flags(
+        "Pass data_dir= a folder of the files, or `overwrite=True`; "
+        "`retrain_from=2`; train with cache_teacher=False."
+    ) == ("Pass --data-dir a folder of the files, or --overwrite; "
+          "--retrain-from 2; train with --cache-teacher off.")
+
+
+def test_threads_default_to_half_the_cores(monkeypatch):
+    import os as os_module
+
+    monkeypatch.setattr(os_module, "sched_getaffinity",
+                        lambda pid: set(range(8)), raising=False)
+    assert options.default_threads() == 4
+    monkeypatch.setattr(os_module, "sched_getaffinity", lambda pid: {0},
+                        raising=False)
+    assert options.default_threads() == 1
+    settings = options.parse(["ban", "--threads", "3"])[1]
+    assert settings.threads == 3
+    code = cli.main(["ban", "--threads", "0"])
+    assert code == cli.EXIT_USAGE
+
+
+def test_a_users_own_callbacks_module_does_not_shadow_kdtrains(tmp_path):
+    (tmp_path / "callbacks.py").write_text("MINE = True\n")
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import callbacks\n"
+        "import kdtrain\n"
+        "from kdtrain.callbacks import GenerationTensorBoard, TqdmProgress\n"
+        "assert callbacks.MINE\n"
+        "print(kdtrain.GenerationRunner.__name__, "
+        "GenerationTensorBoard.__module__)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, text=True,
+        capture_output=True, timeout=HANG_GUARD,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.split() == ["GenerationRunner",
+                                      "kdtrain.callbacks.tensorboard"]

@@ -6,6 +6,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import HANG_GUARD
 from conftest import mlp
 
 import kdtrain
@@ -84,7 +85,8 @@ def test_logged_losses_are_epoch_means_of_per_sample_losses(
 
 def test_softmax_teacher_gives_the_loss_of_its_logits(digits, trained_teacher):
     # keras.distillation divides a softmax teacher's probabilities by T as
-    # if they were logits; log-probabilities make the temperature exact.
+    # if they were logits; the teacher's own logits make the temperature
+    # exact.
     x, y = digits
     logits_teacher = keras.Sequential(
         [keras.Input((64,)), *trained_teacher.layers[:-1],
@@ -358,8 +360,8 @@ def test_user_written_loss_trains_with_fit(digits, trained_teacher):
     student = mlp(16, seed=17)
     distiller = kdtrain.Distiller(student, trained_teacher)
     logs = frozen_epoch(distiller, x, y, distillation_loss=CosineDistance())
-    # A softmax teacher's logits reach the loss as log-probabilities.
-    t = np_log_softmax(logits_of(trained_teacher, x))
+    # A softmax teacher's exact logits reach the loss, read from its graph.
+    t = logits_of(trained_teacher, x)
     s = student.predict(x, verbose=0)
     cosine = (t * s).sum(-1) / np.linalg.norm(t, axis=-1) / np.linalg.norm(s, axis=-1)
     np.testing.assert_allclose(
@@ -376,7 +378,7 @@ def test_a_loss_can_ask_for_the_labels(digits, trained_teacher):
     student = mlp(16, seed=18)
     distiller = kdtrain.Distiller(student, trained_teacher)
     logs = frozen_epoch(distiller, x, y, distillation_loss=LabelMaskedMSE())
-    t = np_log_softmax(logits_of(trained_teacher, x))
+    t = logits_of(trained_teacher, x)
     s = student.predict(x, verbose=0)
     expected = ((t - s)[np.arange(len(y)), y] ** 2).mean()
     np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-4)
@@ -560,7 +562,7 @@ def test_mirrored_strategy_matches_one_device():
     script = os.path.join(os.path.dirname(__file__), "distributed_check.py")
     result = subprocess.run(
         [sys.executable, script, "mirrored"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=HANG_GUARD,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -577,3 +579,27 @@ def test_mirrored_strategy_matches_one_device():
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-6)
     # The weights moved: the check compares training, not initial weights.
     assert not np.allclose(single["weights"][0], report["initial"][0])
+
+
+def test_fit_traces_the_training_step_once(digits):
+    # Keras creates the optimizer's slots inside the first trace when no
+    # strategy is set, which makes tf.function trace the step twice.
+    traces = []
+
+    class Counting(kdtrain.Distiller):
+        def train_step(self, data):
+            traces.append(1)
+            return super().train_step(data)
+
+    import tensorflow as tf
+
+    x, y = digits
+    distiller = Counting(mlp(seed=1), mlp(seed=2))
+    distiller.compile(optimizer="adam", metrics=["accuracy"])
+    distiller.fit(x[:96], y[:96], batch_size=32, epochs=2, verbose=0)
+    assert len(traces) == 1
+    dataset = tf.data.Dataset.from_tensor_slices((x[:96], y[:96])).batch(32)
+    again = Counting(mlp(seed=1), mlp(seed=2))
+    again.compile(optimizer="adam", metrics=["accuracy"])
+    again.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    assert len(traces) == 2

@@ -1,6 +1,9 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kdtrain import losses
 from kdtrain.features import feature_model
@@ -255,3 +258,92 @@ def test_a_two_generation_chain_with_attention_transfer(images, tmp_path):
             feature_losses=[losses.AttentionTransfer("group_1")],
             cache_teacher=True,
         ).run((x, y), epochs=1)
+
+
+def dense_pair():
+    """A teacher (8 hidden units, logits) and a student (4) with layer "h"."""
+    def net(seed, hidden):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(hidden, activation="relu", name="h"),
+            keras.layers.Dense(3, name="out"),
+        ])
+
+    return net(6, 8), net(7, 4)
+
+
+def hand_written_hint_step(teacher, student, adapter, x, learning_rate,
+                           temperature):
+    """One SGD step on KL·T² + hint by hand; returns the updated weights."""
+    t1, t2, t3, t4 = [tf.constant(w) for w in teacher.get_weights()]
+    variables = [tf.Variable(w) for w in
+                 student.get_weights() + adapter.get_weights()]
+    x = tf.constant(x)
+    teacher_hidden = tf.nn.relu(x @ t1 + t2)
+    log_p = tf.nn.log_softmax((teacher_hidden @ t3 + t4) / temperature)
+    with tf.GradientTape() as tape:
+        s1, s2, s3, s4, a1, a2 = variables
+        hidden = tf.nn.relu(x @ s1 + s2)
+        log_q = tf.nn.log_softmax((hidden @ s3 + s4) / temperature)
+        kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), -1)
+        hint = tf.reduce_mean(tf.square(hidden @ a1 + a2 - teacher_hidden), -1)
+        loss = tf.reduce_mean(kl * temperature**2 + hint)
+    gradients = tape.gradient(loss, variables)
+    return [(v - learning_rate * g).numpy()
+            for v, g in zip(variables, gradients)]
+
+
+def test_recompiling_drops_the_previous_hint_adapters():
+    """After any recompile, the trainable variables are the student's and the
+    current adapters', the optimizer has slots for them alone, `fit` warns
+    about no missing gradient, and a step is the hand-written one."""
+    teacher, student = dense_pair()
+    x = RNG.normal(size=(16, 6)).astype("float32")
+    y = np.arange(16) % 3
+    distiller = kdtrain.Distiller(student, teacher)
+    hints = {"hint": lambda: [losses.HintLoss("h")], "none": lambda: []}
+    dropped = []
+    for step, kind in enumerate(["hint", "hint", "none", "hint", "none"]):
+        # One step from zero momentum is plain SGD; the momenta are slots.
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+        distiller.compile(optimizer=optimizer,
+                          distillation_loss=losses.KLDivergence(4.0),
+                          feature_losses=hints[kind]())
+        adapters = list(distiller.hint_adapters)
+        assert len(adapters) == (kind == "hint")
+        expected = student.trainable_variables + [
+            v for adapter in adapters for v in adapter.trainable_variables
+        ]
+        assert [id(v) for v in distiller.trainable_variables] == [
+            id(v) for v in expected
+        ], step
+        names = [metric.name for metric in distiller.metrics]
+        assert names.count("hint") == len(adapters)
+        before = [w.copy() for a in dropped for w in a.get_weights()]
+        reference = (hand_written_hint_step(teacher, student, adapters[0], x,
+                                            0.1, 4.0) if adapters else None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = distiller.fit(x, y, batch_size=16, epochs=1,
+                                    shuffle=False, verbose=0).history
+        assert not [str(w.message) for w in caught], step
+        assert ("hint" in history) == bool(adapters)
+        fresh = keras.optimizers.SGD(0.1, momentum=0.9)
+        fresh.build(expected)
+        assert len(optimizer.variables) == len(fresh.variables), step
+        # Dropped adapters no longer train; the step is the hand-written one.
+        after = [w for adapter in dropped for w in adapter.get_weights()]
+        for old, new in zip(before, after):
+            np.testing.assert_array_equal(old, new)
+        if reference is not None:
+            trained = student.get_weights() + adapters[0].get_weights()
+            for actual, wanted in zip(trained, reference):
+                np.testing.assert_allclose(actual, wanted, rtol=1e-5,
+                                           atol=1e-7)
+        dropped.extend(adapters)
+    # An optimizer built for earlier variables refuses new adapters (Keras).
+    distiller.compile(optimizer=optimizer, distillation_loss="kl",
+                      feature_losses=[losses.HintLoss("h")])
+    with pytest.raises(ValueError, match="recreate a new optimizer"):
+        distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)

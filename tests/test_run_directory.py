@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import HANG_GUARD
 from kdtrain import cli
 from kdtrain import data as data_module
 from kdtrain import models
@@ -83,7 +84,7 @@ def test_a_second_process_is_refused_at_once_naming_the_holder(run, capsys):
         assert snapshot(run) == before
     finally:
         holder.send_signal(signal.SIGKILL)
-        holder.wait(timeout=60)
+        holder.wait(timeout=HANG_GUARD)
     # The killed holder's lock went with it.
     code, _, err = kdtrain(capsys, "report", str(run))
     assert code == cli.EXIT_OK, err
@@ -173,8 +174,12 @@ def test_a_finished_run_is_never_downgraded(run, capsys):
     assert json.loads(results)["complete"] is True
     code, out, err = kdtrain(capsys, "ban", *TINY, "--directory", str(run))
     assert code == cli.EXIT_OK, err
-    # A rerun of the finished chain killed while it loads the generations,
-    # and an evaluate killed while it evaluates them.
+    # A rerun of the finished chain killed while it loads the generations
+    # (without its config.toml, which lets the command print the recorded
+    # table without loading anything), and an evaluate killed while it
+    # evaluates them.
+    config = (run / "config.toml").read_text()
+    (run / "config.toml").unlink()
     for argv, fault in (
         ([os.path.join(HERE, "fault_script.py"), "ban", *TINY,
           "--directory", str(run)], "gen-1/model.load"),
@@ -184,6 +189,8 @@ def test_a_finished_run_is_never_downgraded(run, capsys):
                                 env={**os.environ, "KDTRAIN_FAULT": fault})
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         assert (run / "results.json").read_bytes() == results
+        if not (run / "config.toml").exists():
+            (run / "config.toml").write_text(config)
     assert kdtrain(capsys, "report", str(run))[0] == cli.EXIT_OK
     assert (run / "results.json").read_bytes() == results
     code, out, err = kdtrain(capsys, "evaluate", str(run))
@@ -321,7 +328,7 @@ def test_a_read_only_directory_is_named(tmp_path):
     result = subprocess.run(
         [*prefix, sys.executable, os.path.join(HERE, "fault_script.py"), "ban",
          *TINY, "--directory", str(locked)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=HANG_GUARD,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == cli.EXIT_USAGE, result.stderr[-2000:]

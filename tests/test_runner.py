@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import kdtrain
+from conftest import HANG_GUARD
 from kdtrain import losses
 from kdtrain.ensemble import GenerationEnsemble
 from kdtrain.chain import ConfigurationMismatch
@@ -310,7 +311,7 @@ def _run_script(args, timeout, fault=None):
 def test_chain_killed_during_generation_2_resumes(tmp_path):
     directory, log = tmp_path / "chain", tmp_path / "epochs.log"
     # Killed once generation 2's first epoch is backed up.
-    killed = _run_script([str(directory), str(log)], timeout=600,
+    killed = _run_script([str(directory), str(log)], timeout=HANG_GUARD,
                          fault="gen-2/backup.written@1")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     first_run = log.read_text().split("\n")
@@ -321,7 +322,7 @@ def test_chain_killed_during_generation_2_resumes(tmp_path):
     assert (directory / "gen-2" / "backup" / "epoch-0001").is_dir()
     log.write_text("")
 
-    finished = _run_script([str(directory), str(log)], timeout=600)
+    finished = _run_script([str(directory), str(log)], timeout=HANG_GUARD)
     assert finished.returncode == 0, finished.stderr[-3000:]
     # Generations 0 and 1 were loaded; generation 2 resumed at epoch 2.
     assert log.read_text().split() == ["2", "1", "2", "2"]
@@ -740,3 +741,56 @@ def test_a_resume_with_other_callbacks_is_refused(tmp_path):
     with pytest.raises(kdtrain.ConfigurationMismatch, match="patience"):
         run(5)
     assert (tmp_path / "results.json").read_bytes() == before
+
+
+# Reusing the traced step across generations -----------------------------------
+
+
+class _CountingDistiller(kdtrain.Distiller):
+    traces = 0
+
+    def train_step(self, data):
+        _CountingDistiller.traces += 1
+        return super().train_step(data)
+
+
+def _run_three_generations(digits, monkeypatch, reuse):
+    from kdtrain.chain import training
+
+    monkeypatch.setattr(training, "Distiller", _CountingDistiller)
+    if not reuse:
+        monkeypatch.setattr(training.GenerationTrainer, "_reused_distiller",
+                            lambda self, *args: None)
+    _CountingDistiller.traces = 0
+    train, validation, test = split(digits)
+    result = make_runner(None, generations=3, cache_teacher=True).run(
+        train, validation_data=validation, test_data=test, epochs=2,
+        batch_size=64,
+    )
+    return result, _CountingDistiller.traces
+
+
+def test_generations_reuse_one_traced_step_and_train_the_same(
+    digits, monkeypatch
+):
+    reused, reused_traces = _run_three_generations(digits, monkeypatch, True)
+    monkeypatch.undo()
+    fresh, fresh_traces = _run_three_generations(digits, monkeypatch, False)
+    # One trace for the three distilled generations instead of one each
+    # (and never two: the optimizer and metrics are built before `fit`).
+    assert (reused_traces, fresh_traces) == (1, 3)
+    models = reused.models
+    assert len({id(m) for m in models}) == len(models)  # distinct objects
+    for name, a, b in zip(reused.names, models, fresh.models):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb, err_msg=name)
+        assert reused.histories[name].history == fresh.histories[
+            name].history, name
+    x_test = split(digits)[2][0]
+    for a, b in zip(models, fresh.models):
+        np.testing.assert_array_equal(a.predict(x_test, verbose=0),
+                                      b.predict(x_test, verbose=0))
+    assert [{k: v for k, v in row.items() if k != "wall_time"}
+            for row in reused.table] == [
+        {k: v for k, v in row.items() if k != "wall_time"}
+        for row in fresh.table]

@@ -4,15 +4,21 @@
 a run; `GenerationResult` is what a run returns.
 """
 
-from kdtrain.chain.directory import ChainDirectory
-from kdtrain.chain.errors import ConfigurationMismatch
-from kdtrain.chain.errors import DirectoryLocked
-from kdtrain.chain.errors import RunDirectoryError
-from kdtrain.chain.errors import TrainingDiverged
-from kdtrain.chain.errors import WorkerFailure
-from kdtrain.chain.generation import Generation
-from kdtrain.chain.results import GenerationResult
-from kdtrain.chain.runner import GenerationRunner
+from kdtrain import lazy
+
+# Loaded on first use: the run directory's files can be read (a finished
+# run's table, `kdtrain report`) without TensorFlow.
+_NAMES = {
+    "ChainDirectory": "kdtrain.chain.directory",
+    "ConfigurationMismatch": "kdtrain.chain.errors",
+    "DirectoryLocked": "kdtrain.chain.errors",
+    "RunDirectoryError": "kdtrain.chain.errors",
+    "TrainingDiverged": "kdtrain.chain.errors",
+    "WorkerFailure": "kdtrain.chain.errors",
+    "Generation": "kdtrain.chain.generation",
+    "GenerationResult": "kdtrain.chain.results",
+    "GenerationRunner": "kdtrain.chain.runner",
+}
 
 __all__ = [
     "ChainDirectory",
@@ -25,3 +31,5 @@ __all__ = [
     "TrainingDiverged",
     "WorkerFailure",
 ]
+
+__getattr__, __dir__ = lazy.attributes(__name__, _NAMES)

@@ -8,8 +8,10 @@ backup untouched. Restoring checks every file's SHA-256 first and falls
 back to the previous backup (or to the generation's first epoch) with a
 warning naming the file, never loading a damaged one.
 
-A backup holds what the next epochs depend on: the model's and optimizer's
-weights, the number of epochs done, whether training was stopped, and the
+A backup holds what the next epochs depend on: the model's variables (its
+weights and random-seed states, without those of frozen models such as a
+teacher) and the optimizer's, as one NumPy file listing each variable's
+shape and dtype, the number of epochs done, whether training was stopped, and the
 state of stateful callbacks (`EarlyStopping`, `ReduceLROnPlateau`, and any
 object with `get_state()` / `set_state(state)`), so a resumed `fit`
 continues exactly as the uninterrupted one would have.
@@ -24,9 +26,10 @@ import keras
 import numpy as np
 
 from kdtrain import files
+from kdtrain.chain.errors import ChainWarning
 from kdtrain.faults import fault_point
 
-WEIGHTS_FILE = "checkpoint.weights.h5"
+WEIGHTS_FILE = "variables.npz"
 ARRAYS_FILE = "callbacks.npz"
 STATE_FILE = "state.json"
 _BACKUP = re.compile(r"^epoch-(\d+)$")
@@ -78,6 +81,12 @@ def _restore(obj, state, arrays):
                 setattr(obj, weights, arrays)
 
 
+def _describe(variables):
+    """Each variable's shape and dtype, to refuse a backup of another model."""
+    return [[list(v.shape), keras.backend.standardize_dtype(v.dtype)]
+            for v in variables]
+
+
 def stateful(objects):
     """The objects of `objects` whose state a backup keeps."""
     return [
@@ -101,6 +110,8 @@ class GenerationBackup(keras.callbacks.Callback):
             with the weights; see `stateful`.
         label: How messages name the training, e.g. `"generation 2"`.
         fault_prefix: Prefix of this backup's fault points (`"gen-2"`).
+        frozen: Models inside the trained one whose variables never change
+            (a Distiller's teacher): left out of the backups.
 
     Example:
 
@@ -113,8 +124,9 @@ class GenerationBackup(keras.callbacks.Callback):
     """
 
     def __init__(self, backup_dir, stateful_objects=(), label="training",
-                 fault_prefix=None):
+                 fault_prefix=None, frozen=()):
         super().__init__()
+        self.frozen = list(frozen)
         self.backup_dir = os.fspath(backup_dir)
         self.stateful_objects = list(stateful_objects)
         self.label = label
@@ -156,6 +168,9 @@ class GenerationBackup(keras.callbacks.Callback):
         return state
 
     def on_train_begin(self, logs=None):
+        # Keras starts at `_initial_epoch` when set, and never clears it:
+        # a model trained again (a reused Distiller) must not inherit it.
+        self.model._initial_epoch = None
         skipped = []
         fresh = None
         for folder in self.backups():
@@ -170,7 +185,7 @@ class GenerationBackup(keras.callbacks.Callback):
                 warnings.warn(
                     f"The backup {folder} of {self.label} cannot be used "
                     f"({error}); trying the one before it.",
-                    stacklevel=2,
+                    ChainWarning, stacklevel=2,
                 )
                 continue
             for newer in skipped:
@@ -181,20 +196,26 @@ class GenerationBackup(keras.callbacks.Callback):
                 f"No backup of {self.label} could be used "
                 f"({', '.join(skipped)}): it starts again from its first "
                 "epoch.",
-                stacklevel=2,
+                ChainWarning, stacklevel=2,
             )
             for folder in skipped:
                 files.remove(folder)
 
-    def _snapshot(self):
-        """The model's and optimizer's values before a restore is tried."""
+    def _variables(self):
+        """What a backup holds: the model's variables (but the frozen
+        models') and the optimizer's, in a fixed order."""
         model = self.model
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        variables = list(model.weights)
+        skipped = {id(v) for frozen in self.frozen for v in frozen.variables}
+        variables = [v for v in model.variables if id(v) not in skipped]
         if model.optimizer is not None:
             variables += list(model.optimizer.variables)
-        return [(v, keras.ops.convert_to_numpy(v)) for v in variables]
+        return variables
+
+    def _snapshot(self):
+        """The model's and optimizer's values before a restore is tried."""
+        return [(v, keras.ops.convert_to_numpy(v)) for v in self._variables()]
 
     @staticmethod
     def _restore_snapshot(snapshot):
@@ -204,7 +225,16 @@ class GenerationBackup(keras.callbacks.Callback):
 
     def _load(self, folder, state):
         model = self.model
-        model.load_weights(os.path.join(folder, WEIGHTS_FILE))
+        variables = self._variables()
+        if state.get("variables") != _describe(variables):
+            raise ValueError(
+                f"{folder} holds other variables than {self.label}'s model "
+                "and optimizer (another architecture or optimizer)"
+            )
+        with np.load(os.path.join(folder, WEIGHTS_FILE)) as saved:
+            values = [saved[f"v{k}"] for k in range(len(variables))]
+        for variable, value in zip(variables, values):
+            variable.assign(value)
         arrays = {}
         if ARRAYS_FILE in state["sha256"]:
             with np.load(os.path.join(folder, ARRAYS_FILE)) as saved:
@@ -223,6 +253,9 @@ class GenerationBackup(keras.callbacks.Callback):
         # restores its best weights, as it did before the crash).
         epochs = self.params.get("epochs", done)
         model._initial_epoch = epochs if state["stopped"] else done
+
+    def on_train_end(self, logs=None):
+        self.model._initial_epoch = None
 
     # Saving ------------------------------------------------------------------
 
@@ -252,7 +285,13 @@ class GenerationBackup(keras.callbacks.Callback):
             files.remove(old)
 
     def _write(self, folder, epoch):
-        self.model.save_weights(os.path.join(folder, WEIGHTS_FILE))
+        # One NumPy file instead of Keras' .weights.h5: a tenth of the time
+        # per epoch, and no copy of the frozen teacher.
+        variables = self._variables()
+        np.savez(os.path.join(folder, WEIGHTS_FILE), **{
+            f"v{k}": keras.ops.convert_to_numpy(v)
+            for k, v in enumerate(variables)
+        })
         entries, arrays = [], {}
         for index, obj in enumerate(self.stateful_objects):
             state, values = _state_of(obj)
@@ -268,6 +307,7 @@ class GenerationBackup(keras.callbacks.Callback):
             names.append(ARRAYS_FILE)
         state = {
             "epochs_done": epoch + 1,
+            "variables": _describe(variables),
             "stopped": bool(self.model.stop_training),
             "callbacks": entries,
             "sha256": {

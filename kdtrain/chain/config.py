@@ -122,8 +122,46 @@ def describe_callbacks(callbacks):
     return described
 
 
+def _batch_size(plan):
+    """The training batch size, also of a `tf.data` pipeline or `PyDataset`.
+
+    A pipeline records no batch size of its own: its first batch tells.
+    """
+    if plan.training_arrays is not None:
+        return int(plan.training_arrays.batch_size)
+    if plan.train.kind == "arrays":
+        return int(plan.train.batch_size or 32)  # fit's default
+    return int(keras.tree.flatten(plan.sample_x)[0].shape[0])
+
+
+def _model_names(runner, plan):
+    """The names of the students' and the teacher's architectures.
+
+    The command line's names (`wrn-16-1`...) when it made the run, else the
+    models' classes.
+    """
+    settings = runner.settings if isinstance(runner.settings, dict) else {}
+    model = settings.get("model") or plan.config["model"]["class"]
+    teacher = plan.config["teacher"]
+    if runner.teacher is not None:
+        given = settings.get("teacher")
+        return model, os.path.basename(given) if given else teacher["class"]
+    if runner.build_teacher is not None:
+        return model, (settings.get("teacher_model")
+                       or teacher["build"]["class"])
+    return model, model
+
+
 def summary(runner, plan):
     """The chain's main settings for TensorBoard's HParams dashboard.
+
+    The data (`dataset`: the command line's dataset name, else the kind of
+    the training data; `batch_size`, also of a `tf.data` pipeline), the
+    models (`model`, `params`, `teacher_model`, `teacher`: trained or
+    given), the distillation (`distillation_loss`, its `temperature` when
+    it has one, `ground_truth_weight`, `feature_losses`, `teach_from`,
+    `generations`) and the training (`epochs`, `teacher_epochs`,
+    `optimizer`, `learning_rate`, `seed`: -1 for none).
 
     Returns:
         `{"hparams": {...}, "metrics": [summary tags], "trial_id": ...}`.
@@ -131,28 +169,36 @@ def summary(runner, plan):
     loss = runner.distillation_loss
     optimizer = plan.config["optimizer"]
     learning_rate = optimizer.get("config", {}).get("learning_rate")
-    train = plan.config["data"]["train"]
+    settings = runner.settings if isinstance(runner.settings, dict) else {}
+    model, teacher_model = _model_names(runner, plan)
+    hparams = {
+        "dataset": settings.get("dataset")
+        or plan.config["data"]["train"]["kind"],
+        "batch_size": _batch_size(plan),
+        "model": model,
+        "params": plan.config["model"]["params"],
+        "teacher_model": teacher_model,
+        "teacher": "trained" if runner.teacher is None else "given",
+        "generations": runner.generations,
+        "distillation_loss": "none" if loss is None
+        else type(loss).__name__,
+        "ground_truth_weight": runner.ground_truth_weight,
+        "feature_losses": ",".join(
+            loss.name for loss in runner.feature_losses
+        ) or "none",
+        "teach_from": runner.teach_from,
+        "epochs": plan.config["epochs"],
+        "teacher_epochs": plan.config["teacher_epochs"] or 0,
+        "optimizer": optimizer.get("class_name", "?"),
+        "learning_rate": learning_rate
+        if isinstance(learning_rate, (int, float))
+        else str(learning_rate),
+        "seed": -1 if runner.seed is None else runner.seed,
+    }
+    if hasattr(loss, "temperature"):
+        hparams["temperature"] = float(loss.temperature)
     return {
-        "hparams": {
-            "generations": runner.generations,
-            "distillation_loss": "none" if loss is None
-            else type(loss).__name__,
-            "feature_losses": ",".join(
-                loss.name for loss in runner.feature_losses
-            ) or "none",
-            "temperature": getattr(loss, "temperature", 1.0),
-            "ground_truth_weight": runner.ground_truth_weight,
-            "teach_from": runner.teach_from,
-            "teacher": "trained" if runner.teacher is None else "given",
-            "epochs": plan.config["epochs"],
-            "teacher_epochs": plan.config["teacher_epochs"] or 0,
-            "optimizer": optimizer.get("class_name", "?"),
-            "learning_rate": learning_rate
-            if isinstance(learning_rate, (int, float))
-            else str(learning_rate),
-            "seed": -1 if runner.seed is None else runner.seed,
-            "batch_size": train.get("batch_size") or 0,
-        },
+        "hparams": hparams,
         "metrics": [
             f"{split}/{metric}"
             for split in plan.evaluation_splits

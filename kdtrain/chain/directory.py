@@ -29,14 +29,13 @@ import os
 import re
 import warnings
 
-from kdtrain.callbacks.generation import generation_name as generation_dir_name
+from kdtrain.callbacks.names import generation_name as generation_dir_name
 from kdtrain import files
-from kdtrain.chain.config import describe_differences
+from kdtrain.chain.errors import ChainWarning
 from kdtrain.chain.errors import ConfigurationMismatch
 from kdtrain.chain.errors import RunDirectoryError
 from kdtrain.chain.lock import LOCK_FILE
 from kdtrain.chain.lock import DirectoryLock
-from kdtrain.distribute import is_multi_worker
 from kdtrain.faults import fault_point
 
 FORMAT = 2
@@ -68,6 +67,8 @@ def worker_directory(directory, strategy=None):
         `directory` for a single process or the chief of a multi-worker run,
         else `directory/worker-K` (K: the task index).
     """
+    from kdtrain.distribute import is_multi_worker
+
     if directory is None:
         return None
     directory = os.fspath(directory)
@@ -109,6 +110,8 @@ class ChainDirectory:
     @classmethod
     def for_run(cls, directory, strategy=None):
         """The directory a run writes (None without one), for its strategy."""
+        from kdtrain.distribute import is_multi_worker
+
         if directory is None:
             return None
         workers = 1
@@ -200,6 +203,8 @@ class ChainDirectory:
         if run is None:
             self.refuse_foreign()
         elif not overwrite:
+            from kdtrain.chain.config import describe_differences
+
             raise ConfigurationMismatch(
                 f"The directory {self.path} holds a chain made by a "
                 "different configuration:\n"
@@ -517,7 +522,7 @@ class ChainDirectory:
             return files.read_json(path)
         except files.DamagedFileError as error:
             warnings.warn(f"{error} It is rebuilt from the generations' "
-                          "records.", stacklevel=2)
+                          "records.", ChainWarning, stacklevel=2)
             return None
 
     def write_results(self, results):

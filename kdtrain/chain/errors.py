@@ -20,6 +20,11 @@ SPELLINGS = {
 }
 
 
+class ChainWarning(UserWarning):
+    """A chain repaired something it found damaged (a backup, a cache, a
+    results file) and says what it did instead."""
+
+
 class RunDirectoryError(ValueError):
     """A run directory that kdtrain cannot use as it is; nothing was changed.
 

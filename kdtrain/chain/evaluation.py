@@ -1,43 +1,132 @@
 """Evaluating a chain's models and ensembles into the results table."""
 
+import keras
+import numpy as np
+
+from kdtrain import inference
 from kdtrain.chain.callbacks import float_logs
 from kdtrain.chain.models import fresh_metrics
 from kdtrain.chain.results import ENSEMBLE_NAMES
 from kdtrain.distribute import support_multi_worker
 from kdtrain.ensemble import GenerationEnsemble
+from kdtrain.outputs import to_probabilities
+from kdtrain.pipelines import num_samples
 from kdtrain.faults import fault_point
 from kdtrain.outputs import crossentropy
 
 
-def evaluate(model, splits, label_format, metrics, kind=None):
-    """Metrics of a model's (or an ensemble's) probabilities on each split.
+def _batches(split):
+    """`(x, y, sample_weight)` of each batch of a split, in one pass."""
+    if split.kind == "arrays":
+        size = split.batch_size or 32
+        count = num_samples(split.x)
+        for start in range(0, count, size):
+            yield tuple(
+                None if part is None else keras.tree.map_structure(
+                    lambda a: a[start:start + size], part)
+                for part in (split.x, split.y, split.sample_weight)
+            )
+        return
+    elements = split.data if split.kind == "dataset" else (
+        split.data[i] for i in range(split.data.num_batches)
+    )
+    for element in elements:
+        yield keras.utils.unpack_x_y_sample_weight(element)
+
+
+def _concatenated(parts):
+    if parts[0] is None:
+        return None
+    return keras.tree.map_structure(
+        lambda *arrays: np.concatenate(
+            [keras.ops.convert_to_numpy(a) for a in arrays]
+        ),
+        *parts,
+    )
+
+
+class SplitProbabilities:
+    """Each model's class probabilities on a split, computed once.
+
+    A model runs through its traced inference function
+    (`kdtrain.inference`), so evaluating it, and then every ensemble it is
+    part of, traces no new graph: an ensemble's probabilities are the mean
+    of its members', as `GenerationEnsemble` computes them.
 
     Args:
-        model: A `keras.Model` (with its output `kind`) or a
-            `GenerationEnsemble`.
-        splits: `DataSplit`s by name.
+        split: A labeled `DataSplit`.
+    """
+
+    def __init__(self, split):
+        self.split = split
+        self.y = self.sample_weight = None
+        self._by_generation = {}
+
+    def of(self, generation):
+        """A `Generation`'s float32 probabilities on every sample of the
+        split (kept by generation: its model object may be reused)."""
+        if generation.index not in self._by_generation:
+            model, kind = generation.model, generation.output_kind
+            probabilities, labels, weights = [], [], []
+            for x, y, weight in _batches(self.split):
+                probabilities.append(keras.ops.convert_to_numpy(
+                    to_probabilities(inference.outputs(model, x), kind)
+                ))
+                labels.append(y)
+                weights.append(weight)
+            if self.y is None:
+                self.y = _concatenated(labels)
+                self.sample_weight = _concatenated(weights)
+            self._by_generation[generation.index] = np.concatenate(
+                probabilities
+            )
+        return self._by_generation[generation.index]
+
+    def ensemble(self, generations):
+        """The mean of the members' probabilities (a `GenerationEnsemble`)."""
+        members = [self.of(g) for g in generations]
+        return keras.ops.convert_to_numpy(
+            keras.ops.mean(keras.ops.stack(members, axis=0), axis=0)
+        )
+
+
+class ProbabilityMetrics:
+    """The chain's metrics and crossentropy of given probabilities.
+
+    Keras' own `evaluate` on a model that passes its inputs through, so the
+    loss and every metric (strings such as `"accuracy"` resolved by the
+    labels' format, as `compile` does) are computed exactly as for a model;
+    its graph is traced once for all the models of a chain.
+
+    Args:
         label_format: The labels' format, for the crossentropy.
         metrics: The chain's metrics.
-        kind: `"logits"` or `"probabilities"`, for a single model.
-
-    Returns:
-        `{split: {metric: value}}`, with the crossentropy as `loss`.
     """
-    if not splits:
-        return {}
-    if not isinstance(model, GenerationEnsemble):
-        model = GenerationEnsemble([model], outputs=[kind], name="single")
-    support_multi_worker(model)
-    model.compile(
-        loss=crossentropy(label_format, from_logits=False),
-        metrics=fresh_metrics(metrics),
-    )
-    return {
-        split: float_logs(model.evaluate(
-            **data.fit_arguments(), verbose=0, return_dict=True
+
+    def __init__(self, label_format, metrics):
+        self.label_format = label_format
+        self.metrics = metrics
+        self._models = {}
+
+    def __call__(self, probabilities, y, sample_weight, batch_size):
+        """`{metric: value}` of `probabilities` against `y`."""
+        classes = probabilities.shape[-1]
+        model = self._models.get(classes)
+        if model is None:
+            model = keras.Sequential(
+                [keras.Input((classes,)), keras.layers.Identity()],
+                name="probabilities",
+            )
+            support_multi_worker(model)
+            model.compile(
+                loss=crossentropy(self.label_format, from_logits=False),
+                metrics=fresh_metrics(self.metrics),
+            )
+            self._models[classes] = model
+        return float_logs(model.evaluate(
+            probabilities, y, sample_weight=sample_weight,
+            batch_size=batch_size, verbose=0, return_dict=True,
         ))
-        for split, data in splits.items()
-    }
 
 
 def metric_names(metrics):
@@ -73,6 +162,22 @@ class ChainEvaluation:
         self.label_format = label_format
         self.metrics = metrics
         self.events = events
+        self._probabilities = {
+            name: SplitProbabilities(split) for name, split in splits.items()
+        }
+        self._metrics = ProbabilityMetrics(label_format, metrics)
+
+    def _evaluate(self, probabilities_of):
+        """`{split: metrics}` of the probabilities `probabilities_of(split)`
+        gives for each split's `SplitProbabilities`."""
+        evaluation = {}
+        for name, split in self._probabilities.items():
+            probabilities = probabilities_of(split)
+            evaluation[name] = self._metrics(
+                probabilities, split.y, split.sample_weight,
+                split.split.batch_size or 32,
+            )
+        return evaluation
 
     def model(self, generation, recompute=False):
         """The evaluation of one `Generation` (its record's when complete)."""
@@ -80,9 +185,9 @@ class ChainEvaluation:
         if not recompute and is_complete(stored, self.splits, self.metrics):
             return stored
         fault_point("evaluate.model")
-        evaluation = evaluate(generation.model, self.splits,
-                              self.label_format, self.metrics,
-                              generation.output_kind)
+        evaluation = self._evaluate(
+            lambda split: split.of(generation)
+        )
         self._announce(generation.index, generation.name, evaluation)
         return evaluation
 
@@ -107,15 +212,14 @@ class ChainEvaluation:
                 table.append(self._row(generation.name, generation.label,
                                        split, evaluation[split], [generation]))
         ensemble, with_teacher = self.ensembles(generations)
-        for name, model, members in (
-            ("ensemble", ensemble, generations[1:]),
-            ("ensemble_with_teacher", with_teacher, generations),
+        for name, members in (
+            ("ensemble", generations[1:]),
+            ("ensemble_with_teacher", generations),
         ):
             if not self.splits:
                 continue
             fault_point("evaluate.ensemble")
-            evaluation = evaluate(model, self.splits, self.label_format,
-                                  self.metrics)
+            evaluation = self._evaluate(lambda split: split.ensemble(members))
             self._announce(generations[-1].index, name, evaluation)
             for split in self.splits:
                 table.append(self._row(name, ENSEMBLE_NAMES[name], split,

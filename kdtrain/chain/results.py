@@ -1,6 +1,11 @@
 """A chain's results: model names, the results table and `GenerationResult`."""
 
-from kdtrain.callbacks.generation import generation_name
+from kdtrain.callbacks.names import generation_name
+# The table's helpers live with the report, which reads runs without
+# TensorFlow.
+from kdtrain.report import default_split
+from kdtrain.report import markdown_table
+from kdtrain.report import table_splits
 
 
 def model_name(generation):
@@ -17,50 +22,6 @@ ENSEMBLE_NAMES = {
     "ensemble": "Ensemble",
     "ensemble_with_teacher": "Ensemble + teacher",
 }
-
-
-def table_splits(table):
-    """The data splits a results table has rows for, in order."""
-    return list(dict.fromkeys(row["split"] for row in table))
-
-
-def default_split(table):
-    """The split a table is shown on: test, else validation, else train."""
-    splits = table_splits(table)
-    for split in ("test", "validation", "train"):
-        if split in splits:
-            return split
-    raise ValueError("The table is empty.")
-
-
-def markdown_table(table, split=None, metrics=("accuracy", "loss"), digits=4):
-    """Rows of a results table as the report's Markdown table.
-
-    Args:
-        table: Rows (dicts with `label`, `split` and the metrics), as in
-            `GenerationResult.table` or `results.json`.
-        split: The split shown; defaults to `default_split(table)`.
-        metrics: The metrics shown, one row each.
-        digits: Decimals shown.
-
-    Returns:
-        A Markdown table with a column per model or ensemble.
-    """
-    split = split or default_split(table)
-    rows = [row for row in table if row["split"] == split]
-    header = ["Metrics"] + [row["label"] for row in rows]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * len(rows)) + "|",
-    ]
-    for metric in metrics:
-        cells = []
-        for row in rows:
-            value = row.get(metric)
-            cells.append("" if value is None else f"{value:.{digits}f}")
-        title = metric.replace("_", " ").capitalize()
-        lines.append("| " + " | ".join([title] + cells) + " |")
-    return "\n".join(lines)
 
 
 class GenerationResult:

@@ -119,7 +119,11 @@ class GenerationRunner:
             shuffling. With a `directory` the outputs are saved in
             `gen-K/cache/` until the generation ends, keyed by sample;
             a resumed generation reuses them only after checking the keys
-            and recomputing random rows with the teacher.
+            and recomputing random rows with the teacher. Students of one
+            architecture trained from the cache also share one
+            `Distiller`, whose traced step serves them all: a callback's
+            `self.model` is then the same object in those generations
+            (`result.models` holds a distinct model per generation).
         strategy: Optional `tf.distribute.Strategy`. Every model is built,
             trained and evaluated inside its `scope()`; a given `teacher`
             is only read and may come from outside. Under a multi-worker

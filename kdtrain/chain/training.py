@@ -16,12 +16,14 @@ from kdtrain.cache import weights_fingerprint
 from kdtrain.chain.backup import GenerationBackup
 from kdtrain.chain.backup import stateful
 from kdtrain.chain.callbacks import DivergenceGuard
+from kdtrain.chain.config import architecture_fingerprint
 from kdtrain.chain.callbacks import EpochRecord
 from kdtrain.chain.callbacks import EpochSeed
 from kdtrain.chain.callbacks import FaultPoints
 from kdtrain.chain.callbacks import copy_callbacks
 from kdtrain.chain.callbacks import finished_generations_message
 from kdtrain.chain.directory import generation_dir_name
+from kdtrain.chain.errors import ChainWarning
 from kdtrain.chain.errors import TrainingDiverged
 from kdtrain.chain.errors import WorkerFailure
 from kdtrain.chain.generation import Generation
@@ -34,6 +36,8 @@ from kdtrain.distribute import is_multi_worker
 from kdtrain.faults import fault_point
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.pipelines import array_dataset
+from kdtrain.tracing import build_training_state
+from kdtrain.tracing import symbolic_batch
 from kdtrain.outputs import to_logits
 
 # What TensorFlow raises when a collective loses a peer.
@@ -44,6 +48,10 @@ _PEER_ERRORS = (
     tf.errors.AbortedError,
     tf.errors.InternalError,
 )
+
+
+def _variable_specs(model):
+    return [(tuple(v.shape), v.dtype) for v in model.variables]
 
 
 class GenerationTrainer:
@@ -69,6 +77,8 @@ class GenerationTrainer:
         self.monitors = [m for m in monitors if m is not None]
         self.evaluation = evaluation
         self._cache = None
+        self._reusable = None
+        self._initial_optimizer = []
 
     @property
     def arrays(self):
@@ -107,30 +117,30 @@ class GenerationTrainer:
         source = None if index == 0 else generations[
             runner.teacher_index(index)
         ]
-        was_trainable = None if source is None else source.model.trainable
         if source is None:
             compile_for_labels(model, kind, plan.label_format,
                                runner.make_optimizer(),
                                runner.metrics)
             trainer, (data, own) = model, self._data(None, index)
         else:
-            trainer = Distiller(model, source.model,
-                                teacher_outputs=source.output_kind,
-                                student_outputs=kind,
-                                strategy=runner.strategy)
+            # The teacher's outputs first: they may come from the model
+            # that a reused Distiller trains next.
             data, own = self._data(source, index)
-            trainer.compile(
-                optimizer=runner.make_optimizer(),
-                distillation_loss=runner.distillation_loss,
-                feature_losses=runner.feature_losses,
-                ground_truth_weight=runner.ground_truth_weight,
-                metrics=fresh_metrics(runner.metrics),
-            )
+            trainer = self._reused_distiller(model, kind, source,
+                                             generations)
+            # Read before the Distiller freezes the teacher.
+            was_trainable = source.model.trainable
+            if trainer is None:
+                trainer = self._new_distiller(model, kind, source)
+            else:
+                trainer.replace_teacher(source.model, source.output_kind)
+            model = trainer.student
         try:
             record = self._fit(index, trainer, data, own, source)
         finally:
             if source is not None:  # The Distiller froze it.
                 source.model.trainable = was_trainable
+        self._keep_for_reuse(trainer, kind)
         generation = Generation(index, model, kind, record)
         record["evaluation"] = self.evaluation.model(generation)
         record["taught_by"] = None if source is None else source.lineage
@@ -141,6 +151,71 @@ class GenerationTrainer:
                 index, model, record
             )
         return Generation.from_record(index, model, kind, generation.record)
+
+    # Distillers ---------------------------------------------------------------
+
+    def _new_distiller(self, model, kind, source):
+        runner = self.runner
+        trainer = Distiller(model, source.model,
+                            teacher_outputs=source.output_kind,
+                            student_outputs=kind, strategy=runner.strategy)
+        trainer.compile(
+            optimizer=runner.make_optimizer(),
+            distillation_loss=runner.distillation_loss,
+            feature_losses=runner.feature_losses,
+            ground_truth_weight=runner.ground_truth_weight,
+            metrics=fresh_metrics(runner.metrics),
+        )
+        return trainer
+
+    def _keep_for_reuse(self, trainer, kind):
+        """Keeps a Distiller trained from cached outputs for the next
+        generation, with its optimizer's values before training."""
+        self._reusable = None
+        if isinstance(trainer, Distiller) and self.plan.cache and (
+            self.runner.strategy is None
+        ):
+            self._reusable = (trainer, kind, self._initial_optimizer)
+
+    def _reused_distiller(self, fresh, kind, source, generations):
+        """The previous generation's Distiller, ready for the next student.
+
+        Tracing a training step costs about as much as a few epochs of a
+        small model. When the teacher's outputs come from the cache, the
+        traced step does not involve the teacher, so the next student of
+        the same architecture trains in the same Keras objects: the trained
+        weights move to `fresh`, which takes that generation's place, the
+        student takes `fresh`'s initial values and the optimizer its
+        values from before training. The numbers are those of a new
+        Distiller; nothing is traced again.
+
+        Returns:
+            The Distiller (its teacher still to be replaced), or None where
+            a new one is needed.
+        """
+        reusable, self._reusable = self._reusable, None
+        if reusable is None or not self.plan.cache:
+            return None
+        trainer, previous_kind, optimizer_values = reusable
+        student = trainer.student
+        if previous_kind != kind or _variable_specs(student) != (
+            _variable_specs(fresh)
+        ) or architecture_fingerprint(student) != architecture_fingerprint(
+            fresh
+        ):
+            return None
+        initial = [keras.ops.convert_to_numpy(v) for v in fresh.variables]
+        for target, source_variable in zip(fresh.variables,
+                                           student.variables):
+            target.assign(source_variable)
+        for target, value in zip(student.variables, initial):
+            target.assign(value)
+        for generation in generations:
+            if generation.model is student:
+                generation.model = fresh
+        for variable, value in optimizer_values:
+            variable.assign(value)
+        return trainer
 
     # Data --------------------------------------------------------------------
 
@@ -203,7 +278,8 @@ class GenerationTrainer:
                          source=f"The cache in {folder}")
             return cache
         except CacheMismatch as error:
-            warnings.warn(f"{error} Computing it again.", stacklevel=2)
+            warnings.warn(f"{error} Computing it again.", ChainWarning,
+                          stacklevel=2)
             TeacherOutputCache.delete(folder)
             return None
 
@@ -252,6 +328,8 @@ class GenerationTrainer:
                 stateful_objects=[record, *stateful(user)],
                 label=f"generation {index} ({model_label(index)})",
                 fault_prefix=name,
+                frozen=[trainer.teacher] if isinstance(trainer, Distiller)
+                else [],
             ))
         return internal + self.monitors + user + tail
 
@@ -282,6 +360,14 @@ class GenerationTrainer:
         epochs = plan.epochs if index else (plan.teacher_epochs or plan.epochs)
         callbacks = self._callbacks(index, trainer, record, own_pipeline)
         self.runner.say(f"Training {model_label(index)} ({model_name(index)})")
+        batch = symbolic_batch(data["x"], data.get("y"),
+                               data.get("sample_weight"))
+        if batch is not None:
+            build_training_state(trainer, batch)
+        self._initial_optimizer = [
+            (v, keras.ops.convert_to_numpy(v))
+            for v in trainer.optimizer.variables
+        ] if trainer.optimizer is not None and trainer.optimizer.built else []
         try:
             trainer.fit(**data, epochs=epochs, callbacks=callbacks, **arguments)
         except BaseException as error:

@@ -1,21 +1,27 @@
 """Distillation losses: how far the student is from the teacher.
 
 `kdtrain.losses.distillation` holds the losses on the outputs (soft targets,
-KL·T², logits MSE) and their base class `DistillationLoss`; `ban` the
-Born-Again variants (CWTM, DKPP); `features` the losses between
-intermediate outputs (attention transfer, hints). `get` resolves a name.
+KL·T², optionally on standardized logits, logits MSE) and their base class
+`DistillationLoss`; `ban` the Born-Again variants (CWTM, DKPP); `decoupled`
+the losses that treat the target class apart (DKD, NKD); `correlation`
+DIST's Pearson correlations; `features` the losses between intermediate
+outputs (attention transfer, hints). `get` resolves a name.
 """
 
 import keras
 
 from kdtrain.losses.ban import ConfidenceWeighted
 from kdtrain.losses.ban import PermutedPredictions
+from kdtrain.losses.correlation import CorrelationKD
+from kdtrain.losses.decoupled import DecoupledKD
+from kdtrain.losses.decoupled import NormalizedKD
 from kdtrain.losses.distillation import DistillationLoss
 from kdtrain.losses.distillation import KLDivergence
 from kdtrain.losses.distillation import LogitsMSE
 from kdtrain.losses.distillation import SoftTargets
 from kdtrain.losses.distillation import _TemperatureLoss
 from kdtrain.losses.distillation import log_distribution
+from kdtrain.losses.distillation import standardize_logits
 from kdtrain.losses.distillation import validate_positive
 from kdtrain.losses.distillation import validate_temperature
 from kdtrain.losses.features import AttentionTransfer
@@ -28,17 +34,21 @@ __all__ = [
     "ALIASES",
     "AttentionTransfer",
     "ConfidenceWeighted",
+    "CorrelationKD",
+    "DecoupledKD",
     "DistillationLoss",
     "FeatureLoss",
     "HintLoss",
     "KLDivergence",
     "LogitsMSE",
+    "NormalizedKD",
     "PermutedPredictions",
     "SoftTargets",
     "attention_map",
     "get",
     "layer_pairs",
     "log_distribution",
+    "standardize_logits",
     "validate_positive",
     "validate_temperature",
 ]
@@ -49,6 +59,9 @@ ALIASES = {
     "logits_mse": LogitsMSE,
     "cwtm": ConfidenceWeighted,
     "dkpp": PermutedPredictions,
+    "dkd": DecoupledKD,
+    "dist": CorrelationKD,
+    "nkd": NormalizedKD,
 }
 
 
@@ -58,9 +71,10 @@ def get(identifier, **kwargs):
     Args:
         identifier: A `DistillationLoss` instance (returned as is), one of
             the names in `ALIASES` (`"soft_targets"`, `"kl"`,
-            `"logits_mse"`), or a serialized loss config.
+            `"logits_mse"`, `"cwtm"`, `"dkpp"`, `"dkd"`, `"dist"`,
+            `"nkd"`), or a serialized loss config.
         **kwargs: Constructor arguments for a named loss, e.g.
-            `temperature=3.0`.
+            `temperature=3.0` or `standardize=True`.
 
     Returns:
         A `DistillationLoss` instance.

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kdtrain import validation
+from kdtrain.distribute import replica_sum
 from kdtrain.losses.distillation import DistillationLoss
 from kdtrain.losses.distillation import _TemperatureLoss
 from kdtrain.losses.distillation import log_distribution
@@ -33,6 +34,10 @@ class ConfidenceWeighted(DistillationLoss):
     over the batch is exactly that weighted sum. The weights are constants
     (no gradient flows through the teacher). The loss needs labels.
 
+    Under a `tf.distribute` strategy the batch is the global batch: the sum
+    in the denominator and `batch_size` are summed over the replicas, so
+    the weights are the ones a single device computes.
+
     Args:
         name: Name of the loss instance.
 
@@ -48,9 +53,10 @@ class ConfidenceWeighted(DistillationLoss):
         target = _label_distribution(labels)
         teacher = ops.exp(log_distribution(teacher_logits))
         confidence = ops.stop_gradient(ops.max(teacher, axis=-1))
-        batch_size = ops.cast(ops.shape(confidence)[0], "float32")
+        # Eq. 4 normalizes over the whole batch, so over all the replicas.
+        batch_size = replica_sum(ops.cast(ops.shape(confidence)[0], "float32"))
         weights = ops.divide_no_nan(
-            confidence * batch_size, ops.sum(confidence)
+            confidence * batch_size, replica_sum(ops.sum(confidence))
         )
         crossentropy = -ops.sum(
             target * log_distribution(student_logits), axis=-1

@@ -178,7 +178,9 @@ class HintLoss(FeatureLoss):
     channels to the teacher layer's; the loss of a sample is the mean
     squared difference to the teacher layer's output. The `Distiller` owns
     the adapters: they train with the student and are not part of the
-    exported student. Spatial sizes must match.
+    exported student. Spatial sizes must match. The hint trains jointly with
+    the output loss from the first step, not stage-wise (hint first, then
+    the outputs) as in the paper.
 
     Args:
         layers: Layer names or `(student_layer, teacher_layer)` pairs.

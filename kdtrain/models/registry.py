@@ -1,26 +1,20 @@
 """A registry of model builders addressed by name (`"wrn-28-1"`, ...)."""
 
 import numbers
-import re
 
 import keras
 
 from kdtrain import validation
-
+from kdtrain.models.names import APPLICATIONS
+from kdtrain.models.names import WRN_PATTERN
+from kdtrain.models.names import WRN_RE as _WRN_RE
+from kdtrain.models.names import normalize_name as _normalize_name
 from kdtrain.models.wide_resnet import OUTPUT_MODES
 from kdtrain.models.wide_resnet import WideResNet
 
-WRN_PATTERN = "wrn-<depth>-<width>"
-_WRN_RE = re.compile(r"^wrn-(\d+)-(\d+)$")
 APPLICATION_MIN_SIZE = 32
 
 _REGISTRY = {}
-
-
-def _normalize_name(name):
-    if not isinstance(name, str):
-        raise ValueError(f"Model name must be a string. Received: {name!r}")
-    return name.strip().lower()
 
 
 def register(name, builder, *, overwrite=False):
@@ -190,26 +184,7 @@ def _application_builder(app_name, constructor, **defaults):
     return builder
 
 
-register(
-    "mobilenet_v2",
-    _application_builder("mobilenet_v2", keras.applications.MobileNetV2),
-)
-register(
-    "mobilenet_v3_small",
-    _application_builder(
-        "mobilenet_v3_small",
-        keras.applications.MobileNetV3Small,
-        include_preprocessing=False,
-    ),
-)
-register(
-    "resnet50", _application_builder("resnet50", keras.applications.ResNet50)
-)
-register(
-    "efficientnet_v2_b0",
-    _application_builder(
-        "efficientnet_v2_b0",
-        keras.applications.EfficientNetV2B0,
-        include_preprocessing=False,
-    ),
-)
+for _name, (_constructor, _defaults) in APPLICATIONS.items():
+    register(_name, _application_builder(
+        _name, getattr(keras.applications, _constructor), **_defaults
+    ))

@@ -7,6 +7,13 @@ import keras
 from kdtrain import validation
 
 OUTPUT_MODES = ("logits", "softmax", "sigmoid")
+PADDINGS = ("symmetric", "same")
+# The authors' batch normalization: PyTorch's momentum 0.1 (Keras' 0.9) and
+# epsilon 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+# What a configuration without these keys was built with (Keras' defaults).
+_UNSTATED = {"padding": "same", "bn_momentum": 0.99, "bn_epsilon": 1e-3}
 GROUP_NAMES = ("group_1", "group_2", "group_3")
 MIN_SPATIAL_SIZE = 4
 
@@ -55,7 +62,7 @@ def _check_input_shape(input_shape):
 
 
 def _check_arguments(num_classes, depth, width, input_shape, dropout, output,
-                     weight_decay):
+                     weight_decay, padding, bn_momentum, bn_epsilon):
     """The WideResNet arguments, checked and normalized."""
     num_classes = _check_positive_int("num_classes", num_classes)
     depth = _check_positive_int("depth", depth)
@@ -87,35 +94,67 @@ def _check_arguments(num_classes, depth, width, input_shape, dropout, output,
             "`weight_decay` must be a non-negative float. "
             f"Received: weight_decay={weight_decay!r}"
         )
+    if padding not in PADDINGS:
+        raise ValueError(
+            f"`padding` must be one of {PADDINGS}. "
+            f"Received: padding={padding!r}"
+        )
+    if (isinstance(bn_momentum, bool) or not isinstance(bn_momentum,
+                                                        numbers.Real)
+            or not 0.0 <= bn_momentum < 1.0):
+        raise ValueError(
+            "`bn_momentum` must be a float in [0, 1). "
+            f"Received: bn_momentum={bn_momentum!r}"
+        )
+    if (isinstance(bn_epsilon, bool) or not isinstance(bn_epsilon,
+                                                       numbers.Real)
+            or not bn_epsilon > 0.0):
+        raise ValueError(
+            "`bn_epsilon` must be a positive float. "
+            f"Received: bn_epsilon={bn_epsilon!r}"
+        )
     return (num_classes, depth, width, shape, float(dropout),
-            float(weight_decay))
+            float(weight_decay), float(bn_momentum), float(bn_epsilon))
 
 
-def _graph(num_classes, depth, width, shape, dropout, output, weight_decay):
+def _graph(num_classes, depth, width, shape, dropout, output, weight_decay,
+           padding, bn_momentum, bn_epsilon):
     """The network's `(inputs, outputs)` (checked arguments)."""
     blocks_per_group = (depth - 4) // 6
     regularizer = (
         keras.regularizers.L2(weight_decay) if weight_decay else None
     )
 
-    def conv(filters, kernel_size, strides, layer_name):
+    def conv(x, filters, kernel_size, strides, layer_name):
+        layer_padding = "same"
+        if padding == "symmetric" and strides > 1 and kernel_size > 1:
+            # On an even size Keras' "same" pads a strided convolution only
+            # bottom and right, so its windows would center on odd pixels
+            # while the 1x1 shortcut samples even ones. Padding both sides
+            # by kernel_size // 2 centers them on the shortcut's pixels.
+            x = keras.layers.ZeroPadding2D(
+                kernel_size // 2, name=f"{layer_name}_pad"
+            )(x)
+            layer_padding = "valid"
         return keras.layers.Conv2D(
             filters,
             kernel_size,
             strides=strides,
-            padding="same",
+            padding=layer_padding,
             use_bias=False,
             kernel_initializer="he_normal",
             kernel_regularizer=regularizer,
             name=layer_name,
-        )
+        )(x)
 
     def bn_relu(x, prefix):
-        x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+        x = keras.layers.BatchNormalization(
+            momentum=bn_momentum, epsilon=bn_epsilon, name=f"{prefix}_bn"
+        )(x)
         return keras.layers.ReLU(name=f"{prefix}_relu")(x)
 
     inputs = keras.Input(shape=shape, name="image")
-    x = conv(16, 3, 1, "stem_conv")(inputs)
+    x = conv(inputs, 16, 3, 1, "stem_conv")
     in_filters = 16
     for group, (filters, stride) in enumerate(
         ((16 * width, 1), (32 * width, 2), (64 * width, 2)), start=1
@@ -125,14 +164,15 @@ def _graph(num_classes, depth, width, shape, dropout, output, weight_decay):
             strides = stride if block == 1 else 1
             pre = bn_relu(x, f"{prefix}_1")
             if strides != 1 or in_filters != filters:
-                shortcut = conv(filters, 1, strides, f"{prefix}_shortcut")(pre)
+                shortcut = conv(pre, filters, 1, strides,
+                                f"{prefix}_shortcut")
             else:
                 shortcut = x
-            y = conv(filters, 3, strides, f"{prefix}_conv_1")(pre)
+            y = conv(pre, filters, 3, strides, f"{prefix}_conv_1")
             y = bn_relu(y, f"{prefix}_2")
             if dropout:
                 y = keras.layers.Dropout(dropout, name=f"{prefix}_dropout")(y)
-            y = conv(filters, 3, 1, f"{prefix}_conv_2")(y)
+            y = conv(y, filters, 3, 1, f"{prefix}_conv_2")
             add_name = (
                 f"group_{group}" if block == blocks_per_group
                 else f"{prefix}_add"
@@ -167,9 +207,16 @@ class WideResNet(keras.Model):
     - BN, ReLU, global average pooling and `Dense(num_classes)`.
 
     Convolutions have no bias (each is followed by batch normalization)
-    and use He-normal initialization. The output of each group is the
-    `Add` layer of its last block, named `"group_1"`, `"group_2"` and
-    `"group_3"` (use them e.g. for attention transfer).
+    and use He-normal initialization. A strided 3x3 convolution pads one
+    pixel on every side, as the authors' `padding=1` does, so its windows
+    center on the pixels its block's strided 1x1 shortcut samples (on an
+    even size Keras' `padding="same"` would pad only bottom and right, and
+    the two branches would sample different pixels). Batch normalization
+    uses the authors' settings, PyTorch's momentum 0.1 and epsilon 1e-5:
+    Keras' `momentum=0.9, epsilon=1e-5` rather than its defaults 0.99 and
+    1e-3. The output of each group is the `Add` layer of its last block,
+    named `"group_1"`, `"group_2"` and `"group_3"` (use them e.g. for
+    attention transfer).
 
     Differences from the listing in the seed report, which this class
     does not reproduce: the report's model applied BN-ReLU to the raw
@@ -199,7 +246,17 @@ class WideResNet(keras.Model):
             `weight_decay * sum(w ** 2)` is added for every convolution
             and dense kernel (SGD weight decay `lambda` corresponds to
             `weight_decay = lambda / 2`). Defaults to `0.0`.
+        padding: `"symmetric"` (default, explained above) or `"same"`
+            (Keras' padding for every convolution).
+        bn_momentum: Float in `[0, 1)`, the batch normalization momentum
+            in Keras' terms. Defaults to `0.9`.
+        bn_epsilon: Positive float, the batch normalization epsilon.
+            Defaults to `1e-5`.
         name: Optional model name, defaults to `"wrn_{depth}_{width}"`.
+
+    A configuration without `padding`, `bn_momentum` or `bn_epsilon`
+    (`from_config`) gets `"same"`, `0.99` and `1e-3`, the settings it was
+    built with, so such a saved model loads and computes as it did.
 
     Returns:
         A functional `keras.Model` mapping images to `(batch, num_classes)`
@@ -222,17 +279,22 @@ class WideResNet(keras.Model):
         dropout=0.0,
         output="logits",
         weight_decay=0.0,
+        padding="symmetric",
+        bn_momentum=BN_MOMENTUM,
+        bn_epsilon=BN_EPSILON,
         name=None,
         **kwargs,
     ):
-        num_classes, depth, width, shape, dropout, weight_decay = (
-            _check_arguments(num_classes, depth, width, input_shape, dropout,
-                             output, weight_decay)
+        (num_classes, depth, width, shape, dropout, weight_decay,
+         bn_momentum, bn_epsilon) = _check_arguments(
+            num_classes, depth, width, input_shape, dropout, output,
+            weight_decay, padding, bn_momentum, bn_epsilon,
         )
         if name is None:
             name = f"wrn_{depth}_{width}"
         inputs, outputs = _graph(num_classes, depth, width, shape, dropout,
-                                 output, weight_decay)
+                                 output, weight_decay, padding, bn_momentum,
+                                 bn_epsilon)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
         # Constructor arguments; set after `super().__init__()` as in
@@ -245,6 +307,9 @@ class WideResNet(keras.Model):
         self.dropout = dropout
         self.output_mode = output
         self.weight_decay = weight_decay
+        self.padding = padding
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
 
     def get_config(self):
         return {
@@ -255,13 +320,16 @@ class WideResNet(keras.Model):
             "dropout": self.dropout,
             "output": self.output_mode,
             "weight_decay": self.weight_decay,
+            "padding": self.padding,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
             "name": self.name,
             "trainable": self.trainable,
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = {**_UNSTATED, **config}
         trainable = config.pop("trainable", True)
         config.pop("dtype", None)
         if config.get("input_shape") is not None:

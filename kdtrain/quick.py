@@ -1,0 +1,163 @@
+"""What the `kdtrain` command answers without TensorFlow.
+
+Importing TensorFlow takes most of a command's start-up (seconds, tens of
+seconds on a slow machine). Neither a mistake that needs no model nor the
+table of a run that has finished needs it: `kdtrain.cli` asks this module
+first, and imports `kdtrain.commands` (and TensorFlow) only when training
+or evaluating is left to do.
+"""
+
+import importlib.util
+import os
+import sys
+
+from kdtrain import files
+from kdtrain.chain.directory import RESULTS_FILE
+from kdtrain.chain.errors import DirectoryLocked
+from kdtrain.chain.lock import DirectoryLock
+from kdtrain.models.names import built_in_names
+from kdtrain.models.names import is_built_in
+from kdtrain.options import CONFIG_FILE
+from kdtrain.options import EXIT_OK
+from kdtrain.options import NOT_IDENTITY
+from kdtrain.options import UsageError
+from kdtrain.options import config_text
+from kdtrain.report import markdown_table
+
+
+
+def check(command, settings):
+    """Refuses, before TensorFlow loads, what can be refused without it.
+
+    Raises:
+        UsageError: An unknown model name, a missing run directory for
+            `evaluate` or `report`, or `report` without matplotlib.
+    """
+    for key in ("model", "teacher_model"):
+        name = getattr(settings, key, None)
+        if name is not None and not _known_model(name):
+            raise UsageError(
+                f"--{key.replace('_', '-')} {name}: no such model. Known: "
+                f"{', '.join(built_in_names())} (e.g. wrn-16-1)."
+            )
+    if command in ("evaluate", "report") and not os.path.isdir(
+        settings.directory
+    ):
+        raise UsageError(f"{settings.directory}: no such directory.")
+    if command == "report" and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(
+            "kdtrain report draws with matplotlib, which is not installed: "
+            "pip install matplotlib (or, in a clone of kdtrain, "
+            "pip install -e \".[plot]\")."
+        )
+
+
+def report(settings):
+    """`kdtrain report`: writes a finished run's `report.md` and
+    `report.png` into its folder and prints the table; returns the exit
+    code."""
+    from kdtrain.chain.directory import ChainDirectory
+    from kdtrain.options import read_run_config
+    from kdtrain.report import write_report
+
+    directory = ChainDirectory(settings.directory)
+    with directory.lock:
+        results = directory.read_results()
+        if not results or not results.get("table"):
+            raise UsageError(
+                f"{directory.path} holds no finished run (no results.json "
+                "with a table): finish the run first."
+            )
+        if read_run_config(directory.path).command == "distill":
+            labels = distill_labels(read_run_config(directory.path))
+            results = dict(results, table=[
+                dict(row, label=labels.get(row["name"], row["label"]))
+                for row in results["table"]
+            ])
+        try:
+            markdown = write_report(directory.path, results)
+        except ImportError as error:  # matplotlib, an optional extra
+            raise UsageError(str(error)) from None
+    print(markdown)
+    print(f"Wrote {directory.file('report.md')} and "
+          f"{directory.file('report.png')}")
+    return EXIT_OK
+
+
+def _known_model(name):
+    """A built-in model, or one registered in this process (a script that
+    registers its own models and then calls `kdtrain.cli.main`)."""
+    if is_built_in(name):
+        return True
+    registry = sys.modules.get("kdtrain.models.registry")
+    return registry is not None and name.strip().lower() in registry.available()
+
+
+def distill_labels(settings):
+    """The table's column names of a `distill` run."""
+    teacher = settings.teacher_model if not settings.teacher else "teacher"
+    return {"teacher": f"Teacher ({teacher})",
+            "gen-1": f"Student ({settings.model})"}
+
+
+def _comparable(text):
+    lines = text.splitlines()
+    return [line for line in lines
+            if not line.startswith(tuple(f"{k} =" for k in NOT_IDENTITY))]
+
+
+def finished_table(command, settings):
+    """The table of the finished run `settings` would train, or None.
+
+    The run must have been made with the same settings (its `config.toml`,
+    display flags aside), its `results.json` must be complete, and every
+    model file must still match the SHA-256 its record holds; anything else
+    (or a run in use) is left to the full command, which explains it.
+
+    Returns:
+        The Markdown table, or None.
+    """
+    if command not in ("ban", "distill") or settings.dry_run or (
+        settings.overwrite or settings.retrain_from is not None
+    ):
+        return None
+    directory = settings.directory
+    try:
+        with open(os.path.join(directory, CONFIG_FILE)) as file:
+            recorded = file.read()
+    except OSError:
+        return None
+    if _comparable(recorded) != _comparable(config_text(settings)):
+        return None
+    lock = DirectoryLock(directory)
+    try:
+        lock.acquire(shared=True)
+    except DirectoryLocked:
+        return None
+    try:
+        return _verified_table(directory, command, settings)
+    finally:
+        lock.release()
+
+
+def _verified_table(directory, command, settings):
+    try:
+        results = files.read_json(os.path.join(directory, RESULTS_FILE))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or not results.get("complete") or (
+        not results.get("table")
+    ):
+        return None
+    for record in (results.get("generations") or {}).values():
+        path = os.path.join(directory, str(record.get("path")))
+        if not os.path.isfile(path) or (
+            files.sha256_file(path) != record.get("sha256")
+        ):
+            return None
+    table = results["table"]
+    if command == "distill":
+        labels = distill_labels(settings)
+        table = [dict(row, label=labels.get(row["name"], row["label"]))
+                 for row in table]
+    return markdown_table(table)
