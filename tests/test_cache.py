@@ -140,7 +140,7 @@ def test_cached_losses_equal_online_losses(cache, trained_teacher, digits):
                           verbose=0)
     h_cached = cached.fit(
         cache.dataset(x, y, batch_size=128, shuffle=False), epochs=2,
-        verbose=0,
+        verbose=0, shuffle=False,
     )
     for key in ("loss", "distillation_loss", "ground_truth_loss", "accuracy"):
         np.testing.assert_allclose(
