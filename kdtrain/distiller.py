@@ -16,6 +16,7 @@ from kdtrain.tracing import symbolic_batch
 from kdtrain.distribute import check_strategy
 from kdtrain.distribute import replica_sum
 from kdtrain.distribute import support_multi_worker
+from kdtrain.ensemble import GenerationEnsemble
 from kdtrain.features import feature_loss
 from kdtrain.features import prepare_feature_losses
 from kdtrain.outputs import _final_layer
@@ -58,9 +59,12 @@ class Distiller(keras.Model):
         student: The `keras.Model` to train.
         teacher: A trained `keras.Model` with the student's output shape. It
             is frozen (`trainable = False`) and always called with
-            `training=False`.
+            `training=False`. A list of models teaches with the average of
+            their probabilities (a `kdtrain.GenerationEnsemble`, whose log
+            serves as its logits: `GenerationEnsemble.ensemble_logits`).
         teacher_outputs: `"auto"` (detect a final softmax or sigmoid),
-            `"logits"` or `"probabilities"`.
+            `"logits"` or `"probabilities"`; for a list of teachers, one
+            value for all or a list with one per teacher.
         student_outputs: Same for the student.
         strategy: Optional `tf.distribute.Strategy` to train under; by
             default the one in scope. The student must have been created
@@ -105,6 +109,11 @@ class Distiller(keras.Model):
         name="distiller",
         **kwargs,
     ):
+        if isinstance(teacher, (list, tuple)):
+            # Several teachers: their averaged probabilities teach.
+            teacher = GenerationEnsemble(list(teacher), outputs=teacher_outputs,
+                                         name="teacher_ensemble")
+            teacher_outputs = "probabilities"
         validation.distillation_pair(student, teacher)
         strategy = check_strategy(strategy, student)
         teacher_kind = resolve_output_kind(

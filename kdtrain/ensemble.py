@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from kdtrain.outputs import model_logits
 from kdtrain.outputs import resolve_output_kind
 from kdtrain.outputs import static_output_shape
 from kdtrain.outputs import to_probabilities
@@ -120,10 +121,57 @@ class GenerationEnsemble(keras.Model):
         if all(model.built for model in models):
             self.built = True
 
+    # Its output is probabilities, which `kdtrain.outputs.detect_output_kind`
+    # cannot see in a subclassed model.
+    outputs_probabilities = True
+
     @property
     def models(self):
         """The member models."""
         return list(self.members)
+
+    def ensemble_logits(self, inputs):
+        """Logits whose softmax is the ensemble's output, computed stably.
+
+        The log of the (weighted) mean of the members' probabilities, taken
+        from each member's exact logits (`kdtrain.outputs.model_logits`)
+        through a log-sum-exp of their log-probabilities, so that no
+        probability is rounded to 0 and inverted: a teacher ensemble keeps
+        its soft targets at every temperature. For one sigmoid unit it is
+        the logit whose sigmoid is the mean probability. The members run in
+        inference mode.
+
+        Args:
+            inputs: A batch of the members' inputs.
+
+        Returns:
+            Float32 logits, shape `(batch, classes)`.
+
+        Example:
+
+        >>> ensemble = kdtrain.GenerationEnsemble([teacher_a, teacher_b])
+        >>> logits = ensemble.ensemble_logits(x[:8])
+        """
+        weights = self.member_weights or [1.0] * len(self.members)
+        log_weights = [math.log(w / sum(weights)) if w else -math.inf
+                       for w in weights]
+        terms, single = [], False
+        for model, kind, log_weight in zip(self.members, self.output_kinds,
+                                           log_weights):
+            logits = model_logits(model, inputs, kind)
+            single = logits.shape[-1] == 1
+            if single:  # log p and log(1 - p) of the unit
+                log_p = ops.concatenate(
+                    [ops.log_sigmoid(logits), ops.log_sigmoid(-logits)],
+                    axis=-1,
+                )
+            else:
+                log_p = ops.log_softmax(logits, axis=-1)
+            terms.append(log_p + log_weight)
+        log_mean = ops.logsumexp(ops.stack(terms, axis=0), axis=0)
+        if single:
+            return log_mean[:, :1] - log_mean[:, 1:]
+        return log_mean
 
     def call(self, inputs, training=None):
         probabilities = [

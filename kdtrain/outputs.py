@@ -156,6 +156,8 @@ def detect_output_kind(model):
     >>> kdtrain.outputs.detect_output_kind(model)
     'logits'
     """
+    if getattr(model, "outputs_probabilities", False):  # GenerationEnsemble
+        return "probabilities"
     layer = _final_layer(model)
     if layer is None:
         return "logits"
@@ -355,6 +357,8 @@ def model_logits(model, inputs, kind):
     logits = kdtrain.outputs.model_logits(teacher, x, "probabilities")
     ```
     """
+    if kind == "probabilities" and hasattr(model, "ensemble_logits"):
+        return model.ensemble_logits(inputs)  # GenerationEnsemble
     exact = logits_model(model) if kind == "probabilities" else None
     if exact is not None:
         return ops.cast(exact(inputs, training=False), "float32")
