@@ -6,7 +6,7 @@ TensorFlow starts.
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBMODULES = (
     "cache", "chain", "data", "distribute", "ensemble", "features",

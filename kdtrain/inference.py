@@ -9,13 +9,13 @@ unknown batch size, so a model is traced once however often and on
 whatever split it is run.
 """
 
-import weakref
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-_FUNCTIONS = weakref.WeakKeyDictionary()
+# Kept in the model's own __dict__ (out of Keras' tracking): a function
+# lives exactly as long as its model.
+_ATTRIBUTE = "_kdtrain_traced"
 
 
 def _signature(batch):
@@ -46,7 +46,7 @@ def traced(model, name, body, batch):
     >>> outputs = infer(x_test[:256])
     """
     signature = _signature(batch)
-    functions = _FUNCTIONS.setdefault(model, {})
+    functions = model.__dict__.setdefault(_ATTRIBUTE, {})
     key = (name, repr(signature))
     if key not in functions:
         functions[key] = tf.function(body, input_signature=[signature])

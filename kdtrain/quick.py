@@ -11,6 +11,7 @@ import importlib.util
 import os
 import sys
 
+from kdtrain import __version__
 from kdtrain import files
 from kdtrain.chain.directory import RESULTS_FILE
 from kdtrain.chain.errors import DirectoryLocked
@@ -121,6 +122,10 @@ def finished_table(command, settings):
         settings.overwrite or settings.retrain_from is not None
     ):
         return None
+    if settings.teacher or settings.data_dir:
+        # Files that may have changed since: only the full command's
+        # checks (the teacher's weights, the samples' keys) can tell.
+        return None
     directory = settings.directory
     try:
         with open(os.path.join(directory, CONFIG_FILE)) as file:
@@ -147,8 +152,8 @@ def _verified_table(directory, command, settings):
         return None
     if not isinstance(results, dict) or not results.get("complete") or (
         not results.get("table")
-    ):
-        return None
+    ) or results.get("kdtrain_version") != __version__:
+        return None  # another version may build or evaluate differently
     for record in (results.get("generations") or {}).values():
         path = os.path.join(directory, str(record.get("path")))
         if not os.path.isfile(path) or (

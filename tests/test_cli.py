@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import pathlib
@@ -484,6 +485,23 @@ def test_a_changed_model_file_is_not_trusted_without_tensorflow(
     settings = options.parse(
         ["ban", *TINY, "--seed", "4", "--directory", str(directory)])[1]
     assert quick.finished_table("ban", settings) is None  # other settings
+    settings = options.parse(
+        ["ban", *TINY, "--seed", "3", "--directory", str(directory)])[1]
+    assert quick.finished_table("ban", settings) is not None
+    # Files the table cannot vouch for: the full command checks them.
+    for flag, value in (("teacher", "t.keras"), ("data_dir", "data")):
+        assert quick.finished_table(
+            "ban", dataclasses.replace(settings, **{flag: value})) is None
+    # A run written by another version of kdtrain.
+    results = copy / "results.json"
+    model.write_bytes(model.read_bytes()[:-1])  # the file as recorded
+    settings = options.parse(
+        ["ban", *TINY, "--seed", "3", "--directory", str(copy)])[1]
+    assert quick.finished_table("ban", settings) is not None
+    recorded = json.loads(results.read_text())
+    recorded["kdtrain_version"] = "0.0.1"
+    results.write_text(json.dumps(recorded))
+    assert quick.finished_table("ban", settings) is None
 
 
 @pytest.mark.parametrize("argv, message", [

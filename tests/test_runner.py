@@ -794,3 +794,26 @@ def test_generations_reuse_one_traced_step_and_train_the_same(
             for row in reused.table] == [
         {k: v for k, v in row.items() if k != "wall_time"}
         for row in fresh.table]
+
+
+def test_a_shuffled_test_dataset_scores_every_model_on_its_own_labels(
+    digits
+):
+    # The dataset comes in a new order on every pass: each model must still
+    # be scored against its samples' labels, and an ensemble must average
+    # the rows of the same samples.
+    train, validation, test = split(digits)
+    x_test, y_test = test
+    shuffled = tf.data.Dataset.from_tensor_slices(test).shuffle(
+        len(y_test), seed=1, reshuffle_each_iteration=True).batch(50)
+    result = make_runner(None, generations=2).run(
+        train, test_data=shuffled, epochs=1, batch_size=64)
+    for name, model in zip(result.names, result.models):
+        expected = np.mean(np.argmax(model.predict(x_test, verbose=0), -1)
+                           == y_test)
+        assert result.row(name, "test")["accuracy"] == pytest.approx(
+            expected, abs=1e-6), name
+    mean = np.mean([softmax(m.predict(x_test, verbose=0))
+                    for m in result.models[1:]], axis=0)
+    assert result.row("ensemble", "test")["accuracy"] == pytest.approx(
+        np.mean(np.argmax(mean, -1) == y_test), abs=1e-6)

@@ -81,6 +81,23 @@ def _restore(obj, state, arrays):
                 setattr(obj, weights, arrays)
 
 
+def _encoded(array):
+    """`array` as `.npz` keeps it exactly: an extension dtype (bfloat16,
+    float8...), which NumPy would store as opaque void, as its raw bytes."""
+    array = np.asarray(array)
+    if array.dtype.kind in "biufc":
+        return array
+    return array.view(f"uint{8 * array.dtype.itemsize}")
+
+
+def _decoded(array, dtype):
+    """The inverse of `_encoded`, given the array's dtype name."""
+    import ml_dtypes
+
+    dtype = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    return array if array.dtype == dtype else array.view(dtype)
+
+
 def _describe(variables):
     """Each variable's shape and dtype, to refuse a backup of another model."""
     return [[list(v.shape), keras.backend.standardize_dtype(v.dtype)]
@@ -232,7 +249,8 @@ class GenerationBackup(keras.callbacks.Callback):
                 "and optimizer (another architecture or optimizer)"
             )
         with np.load(os.path.join(folder, WEIGHTS_FILE)) as saved:
-            values = [saved[f"v{k}"] for k in range(len(variables))]
+            values = [_decoded(saved[f"v{k}"], dtype) for k, (_, dtype)
+                      in enumerate(state["variables"])]
         for variable, value in zip(variables, values):
             variable.assign(value)
         arrays = {}
@@ -244,7 +262,8 @@ class GenerationBackup(keras.callbacks.Callback):
         ):
             count = entry.get("arrays")
             values = None if count is None else [
-                arrays[f"c{index}_{k}"] for k in range(count)
+                _decoded(arrays[f"c{index}_{k}"], dtype)
+                for k, dtype in enumerate(entry["dtypes"])
             ]
             _restore(obj, entry["state"], values)
         done = int(state["epochs_done"])
@@ -289,7 +308,7 @@ class GenerationBackup(keras.callbacks.Callback):
         # per epoch, and no copy of the frozen teacher.
         variables = self._variables()
         np.savez(os.path.join(folder, WEIGHTS_FILE), **{
-            f"v{k}": keras.ops.convert_to_numpy(v)
+            f"v{k}": _encoded(keras.ops.convert_to_numpy(v))
             for k, v in enumerate(variables)
         })
         entries, arrays = [], {}
@@ -298,8 +317,9 @@ class GenerationBackup(keras.callbacks.Callback):
             entry = {"class": type(obj).__name__, "state": state}
             if values is not None:
                 entry["arrays"] = len(values)
+                entry["dtypes"] = [str(np.asarray(v).dtype) for v in values]
                 for k, value in enumerate(values):
-                    arrays[f"c{index}_{k}"] = np.asarray(value)
+                    arrays[f"c{index}_{k}"] = _encoded(value)
             entries.append(entry)
         names = [WEIGHTS_FILE]
         if arrays:

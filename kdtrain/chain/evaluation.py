@@ -10,28 +10,35 @@ from kdtrain.chain.results import ENSEMBLE_NAMES
 from kdtrain.distribute import support_multi_worker
 from kdtrain.ensemble import GenerationEnsemble
 from kdtrain.outputs import to_probabilities
+from kdtrain.pipelines import materialize
 from kdtrain.pipelines import num_samples
 from kdtrain.faults import fault_point
 from kdtrain.outputs import crossentropy
 
 
-def _batches(split):
-    """`(x, y, sample_weight)` of each batch of a split, in one pass."""
+def _split_arrays(split):
+    """`(x, y, sample_weight, batch_size)` of a split, read once.
+
+    A dataset may come in a new order (or with new draws) on every pass:
+    every model and ensemble must be scored on the same samples, against
+    their own labels, so a dataset or `PyDataset` is read into arrays once.
+    """
     if split.kind == "arrays":
-        size = split.batch_size or 32
-        count = num_samples(split.x)
-        for start in range(0, count, size):
-            yield tuple(
-                None if part is None else keras.tree.map_structure(
-                    lambda a: a[start:start + size], part)
-                for part in (split.x, split.y, split.sample_weight)
-            )
-        return
-    elements = split.data if split.kind == "dataset" else (
-        split.data[i] for i in range(split.data.num_batches)
-    )
-    for element in elements:
-        yield keras.utils.unpack_x_y_sample_weight(element)
+        return split.x, split.y, split.sample_weight, split.batch_size or 32
+    if split.kind == "dataset":
+        return materialize(split.data)
+    batches = [keras.utils.unpack_x_y_sample_weight(split.data[i])
+               for i in range(split.data.num_batches)]
+    parts = [_concatenated([b[k] for b in batches]) for k in range(3)]
+    return (*parts, num_samples(batches[0][0]))
+
+
+def _batches(x, batch_size):
+    count = num_samples(x)
+    for start in range(0, count, batch_size):
+        yield keras.tree.map_structure(
+            lambda a: a[start:start + batch_size], x
+        )
 
 
 def _concatenated(parts):
@@ -59,27 +66,24 @@ class SplitProbabilities:
 
     def __init__(self, split):
         self.split = split
-        self.y = self.sample_weight = None
+        self.x = self.y = self.sample_weight = self.batch_size = None
         self._by_generation = {}
 
     def of(self, generation):
         """A `Generation`'s float32 probabilities on every sample of the
         split (kept by generation: its model object may be reused)."""
+        if self.x is None:
+            self.x, self.y, self.sample_weight, self.batch_size = (
+                _split_arrays(self.split)
+            )
         if generation.index not in self._by_generation:
             model, kind = generation.model, generation.output_kind
-            probabilities, labels, weights = [], [], []
-            for x, y, weight in _batches(self.split):
-                probabilities.append(keras.ops.convert_to_numpy(
+            self._by_generation[generation.index] = np.concatenate([
+                keras.ops.convert_to_numpy(
                     to_probabilities(inference.outputs(model, x), kind)
-                ))
-                labels.append(y)
-                weights.append(weight)
-            if self.y is None:
-                self.y = _concatenated(labels)
-                self.sample_weight = _concatenated(weights)
-            self._by_generation[generation.index] = np.concatenate(
-                probabilities
-            )
+                )
+                for x in _batches(self.x, self.batch_size)
+            ])
         return self._by_generation[generation.index]
 
     def ensemble(self, generations):
@@ -174,8 +178,7 @@ class ChainEvaluation:
         for name, split in self._probabilities.items():
             probabilities = probabilities_of(split)
             evaluation[name] = self._metrics(
-                probabilities, split.y, split.sample_weight,
-                split.split.batch_size or 32,
+                probabilities, split.y, split.sample_weight, split.batch_size,
             )
         return evaluation
 

@@ -14,6 +14,7 @@ import sys
 
 import tensorflow as tf
 
+from kdtrain import __version__
 from kdtrain import losses as losses_module
 from kdtrain import validation
 from kdtrain.chain.callbacks import ChainEvents
@@ -479,6 +480,9 @@ class GenerationRunner:
         if directory is not None:
             directory.write_results({
                 "complete": True,
+                # The version that wrote it: the command line prints a
+                # finished run's table without TensorFlow only for its own.
+                "kdtrain_version": __version__,
                 "config": plan.config,
                 "generations": {
                     g.name: g.record for g in generations if g.record

@@ -173,7 +173,7 @@ class GenerationTrainer:
         generation, with its optimizer's values before training."""
         self._reusable = None
         if isinstance(trainer, Distiller) and self.plan.cache and (
-            self.runner.strategy is None
+            self.runner.strategy is None and not tf.distribute.has_strategy()
         ):
             self._reusable = (trainer, kind, self._initial_optimizer)
 
