@@ -4,7 +4,7 @@ The public names load lazily, so `kdtrain --help` answers before
 TensorFlow starts.
 """
 
-import importlib
+from kdtrain import lazy
 
 __version__ = "0.2.0"
 
@@ -31,14 +31,6 @@ _NAMES = {
 
 __all__ = sorted(_NAMES) + list(_SUBMODULES)
 
-
-def __getattr__(name):
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"kdtrain.{name}")
-    raise AttributeError(f"module 'kdtrain' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy.attributes(
+    __name__, {**_NAMES, **dict.fromkeys(_SUBMODULES)}
+)

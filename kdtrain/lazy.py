@@ -15,7 +15,8 @@ def attributes(package, names):
     Args:
         package: The package's `__name__`.
         names: Dict of attribute name to the module (absolute, or relative
-            to `package` with a leading dot) it comes from.
+            to `package` with a leading dot) it comes from; None for a
+            submodule of that name, which is the attribute itself.
 
     Returns:
         `(__getattr__, __dir__)`, to assign in the package's `__init__`.
@@ -26,6 +27,8 @@ def attributes(package, names):
     """
     def __getattr__(name):
         if name in names:
+            if names[name] is None:
+                return importlib.import_module(f"{package}.{name}")
             module = importlib.import_module(names[name], package)
             return getattr(module, name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")

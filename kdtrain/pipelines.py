@@ -106,16 +106,38 @@ def materialize(dataset):
     ]
     if not batches:
         raise ValueError("The training dataset is empty.")
+    return concatenate_batches(batches)
+
+
+def concatenate_batches(batches):
+    """Unpacked `(x, y, sample_weight)` batches joined into arrays.
+
+    Args:
+        batches: A non-empty list of `(x, y, sample_weight)` batches (y and
+            sample_weight may be None), arrays or tensors.
+
+    Returns:
+        `(x, y, sample_weight, batch_size)`: NumPy arrays (None where the
+        batches have none) and the size of the first batch.
+    """
     parts = []
     for position in range(3):
         if batches[0][position] is None:
             parts.append(None)
             continue
         parts.append(keras.tree.map_structure(
-            lambda *values: np.concatenate(values),
+            lambda *values: np.concatenate([np.asarray(v) for v in values]),
             *[batch[position] for batch in batches],
         ))
     return (*parts, num_samples(batches[0][0]))
+
+
+def array_batches(x, batch_size):
+    """Consecutive batches of a structure of arrays, in order."""
+    for start in range(0, num_samples(x), batch_size):
+        yield keras.tree.map_structure(
+            lambda a: a[start:start + batch_size], x
+        )
 
 
 def indexed_batches(count, batch_size, shuffle=True, seed=None,

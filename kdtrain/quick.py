@@ -69,8 +69,9 @@ def report(settings):
                 f"{directory.path} holds no finished run (no results.json "
                 "with a table): finish the run first."
             )
-        if read_run_config(directory.path).command == "distill":
-            labels = distill_labels(read_run_config(directory.path))
+        saved = read_run_config(directory.path)
+        if saved.command == "distill":
+            labels = distill_labels(saved)
             results = dict(results, table=[
                 dict(row, label=labels.get(row["name"], row["label"]))
                 for row in results["table"]

@@ -10,8 +10,9 @@ from kdtrain.chain.results import ENSEMBLE_NAMES
 from kdtrain.distribute import support_multi_worker
 from kdtrain.ensemble import GenerationEnsemble
 from kdtrain.outputs import to_probabilities
+from kdtrain.pipelines import array_batches
+from kdtrain.pipelines import concatenate_batches
 from kdtrain.pipelines import materialize
-from kdtrain.pipelines import num_samples
 from kdtrain.faults import fault_point
 from kdtrain.outputs import crossentropy
 
@@ -27,29 +28,10 @@ def _split_arrays(split):
         return split.x, split.y, split.sample_weight, split.batch_size or 32
     if split.kind == "dataset":
         return materialize(split.data)
-    batches = [keras.utils.unpack_x_y_sample_weight(split.data[i])
-               for i in range(split.data.num_batches)]
-    parts = [_concatenated([b[k] for b in batches]) for k in range(3)]
-    return (*parts, num_samples(batches[0][0]))
-
-
-def _batches(x, batch_size):
-    count = num_samples(x)
-    for start in range(0, count, batch_size):
-        yield keras.tree.map_structure(
-            lambda a: a[start:start + batch_size], x
-        )
-
-
-def _concatenated(parts):
-    if parts[0] is None:
-        return None
-    return keras.tree.map_structure(
-        lambda *arrays: np.concatenate(
-            [keras.ops.convert_to_numpy(a) for a in arrays]
-        ),
-        *parts,
-    )
+    return concatenate_batches([
+        keras.utils.unpack_x_y_sample_weight(split.data[i])
+        for i in range(split.data.num_batches)
+    ])
 
 
 class SplitProbabilities:
@@ -82,7 +64,7 @@ class SplitProbabilities:
                 keras.ops.convert_to_numpy(
                     to_probabilities(inference.outputs(model, x), kind)
                 )
-                for x in _batches(self.x, self.batch_size)
+                for x in array_batches(self.x, self.batch_size)
             ])
         return self._by_generation[generation.index]
 

@@ -174,11 +174,7 @@ class DataSplit:
     def input_batches(self):
         """The split's inputs, batch by batch, in one pass."""
         if self.kind == "arrays":
-            size = self.batch_size or 32
-            for start in range(0, len(keras.tree.flatten(self.x)[0]), size):
-                yield keras.tree.map_structure(
-                    lambda a: a[start:start + size], self.x
-                )
+            yield from pipelines.array_batches(self.x, self.batch_size or 32)
             return
         elements = self.data if self.kind == "dataset" else (
             self.data[i] for i in range(len(self.data))
