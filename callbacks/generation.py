@@ -38,8 +38,10 @@ class GenerationCallback(keras.callbacks.Callback):
         """Called before generation `generation` trains (0 is the teacher).
 
         Args:
-            generation: The generation.
-            logs: `name` (`"teacher"`, `"gen-K"`) and `label` (`"BAN-K"`).
+            generation: The generation; N + 1 for the student distilled
+                from the ensemble (`distill_ensemble=True`).
+            logs: `name` (`"teacher"`, `"gen-K"`, `"gen-ensemble"`) and
+                `label` (`"BAN-K"`, `"Ensemble-distilled"`).
         """
 
     def on_generation_end(self, generation, logs=None):

@@ -13,6 +13,7 @@ from kdtrain import files
 
 from .generation import GenerationCallback
 from .generation import generation_name
+from .names import is_distilled_ensemble
 
 # The summary run's one event file. The number grows with each rewrite so
 # that TensorBoard's directory watcher, which reads files in name order,
@@ -186,8 +187,11 @@ class GenerationTensorBoard(GenerationCallback):
     # Generation bookkeeping -------------------------------------------------
 
     def set_generation(self, generation):
-        """Sets the generation the next `fit` logs as (`gen-K`)."""
-        self.generation = int(generation)
+        """Sets the generation the next `fit` logs as (`gen-K`; a
+        `DistilledEnsembleIndex` logs as `gen-ensemble`)."""
+        self.generation = generation if is_distilled_ensemble(
+            generation
+        ) else int(generation)
 
     @property
     def summary_dir(self):

@@ -6,11 +6,13 @@ TensorFlow starts.
 
 from kdtrain import lazy
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _SUBMODULES = (
-    "cache", "chain", "data", "distribute", "ensemble", "features",
-    "losses", "models", "outputs", "report", "seed_api",
+    "cache", "chain", "data", "distribute", "ensemble", "export",
+    "features", "losses", "macs", "models", "outputs", "parity", "report",
+    "run_export", "run_models", "seed_api", "stats", "study", "study_report",
+    "sweep", "tradeoff",
 )
 _NAMES = {
     "Distiller": "kdtrain.distiller",
@@ -27,6 +29,11 @@ _NAMES = {
     "BANEnsemble": "kdtrain.seed_api",
     "ban": "kdtrain.seed_api",
     "distil_knowledge": "kdtrain.seed_api",
+    "check_parity": "kdtrain.parity",
+    "count_macs": "kdtrain.macs",
+    "export_model": "kdtrain.export",
+    "export_run": "kdtrain.run_export",
+    "RunModels": "kdtrain.run_models",
 }
 
 __all__ = sorted(_NAMES) + list(_SUBMODULES)

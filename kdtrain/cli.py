@@ -6,6 +6,7 @@ flags or a TOML file.
     kdtrain distill --teacher-model mobilenet_v2 --model wrn-16-4 ...
     kdtrain evaluate runs/ban-digits-wrn-16-1
     kdtrain report runs/ban-digits-wrn-16-1
+    kdtrain export runs/ban-digits-wrn-16-1 --format onnx --output student.onnx
 
 Exit codes: 0 done; 2 bad usage or configuration; 1 a failure during
 training; 130 interrupted (finished generations are kept).
@@ -42,9 +43,12 @@ def main(argv=None):
         return EXIT_USAGE
     if table is not None:  # A finished run: its table, without TensorFlow.
         print(table)
+        again = os.path.join(settings.directory, "seed-K") if (
+            getattr(settings, "seeds", None) is not None
+        ) else settings.directory
         print(f"\nThe run in {settings.directory} has finished; its model "
-              "files match their records. `kdtrain evaluate "
-              f"{settings.directory}` evaluates them again.")
+              f"files match their records. `kdtrain evaluate {again}` "
+              "evaluates them again.")
         return EXIT_OK
     if importlib.util.find_spec("tensorflow") is None:
         print("kdtrain: error: TensorFlow is not installed. Install kdtrain "

@@ -1,5 +1,6 @@
 """What the `kdtrain` subcommands do, once `kdtrain.options` has parsed them."""
 
+import dataclasses
 import os
 import shlex
 import signal
@@ -9,16 +10,18 @@ import keras
 
 from kdtrain.callbacks.generation import GenerationCallback
 from kdtrain import data as data_module
+from kdtrain import run_export
 from kdtrain import files
 from kdtrain import losses as losses_module
 from kdtrain import models as models_module
-from kdtrain.cache import weights_fingerprint
+from kdtrain import tradeoff
 from kdtrain.chain import ChainDirectory
 from kdtrain.chain import GenerationRunner
 from kdtrain.chain import RunDirectoryError
 from kdtrain.chain.evaluation import ChainEvaluation
 from kdtrain.chain.generation import Generation
 from kdtrain.chain.lock import DirectoryLock
+from kdtrain.chain.results import distilled_ensemble_index
 from kdtrain.chain.results import markdown_table
 from kdtrain.chain.splits import DataSplit
 from kdtrain.options import CONFIG_FILE
@@ -42,7 +45,8 @@ def _error(message):
 
 def run(command, settings, argv):
     """Runs a parsed command; returns the exit code."""
-    handlers = {"ban": ban, "distill": distill, "evaluate": evaluate}
+    handlers = {"ban": ban, "distill": distill, "sweep": sweep,
+                "evaluate": evaluate, "export": run_export.run}
     resume = "kdtrain " + shlex.join(_resume_arguments(argv))
     _set_threads(settings)
     if settings.distribute == "multi_worker" and not settings.dry_run:
@@ -66,7 +70,7 @@ def run(command, settings, argv):
     except Exception as error:  # noqa: BLE001 - any failure while training
         if interrupted:
             return _interrupted(settings, resume)
-        if command in ("evaluate", "report"):
+        if command in ("evaluate", "report", "export"):
             _error(f"{command} failed: {type(error).__name__}: {error}")
             return EXIT_FAILURE
         _error(f"training failed: {type(error).__name__}: {error}\n"
@@ -131,18 +135,26 @@ class _TrainingStarted(GenerationCallback):
 class _RecordSettings(GenerationCallback):
     """Writes `config.toml` once the runner has claimed the directory.
 
-    Not before: a command that fails its checks writes nothing.
+    Not before: a command that fails its checks writes nothing. A chain of
+    a study or a sweep also writes the settings of the whole command
+    (`outer`) into the study's or sweep's directory.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, outer=None):
         super().__init__()
         self.settings = settings
+        self.outer = outer
 
     def on_chain_begin(self, logs=None):
         # The runner's own directory: a non-chief worker writes worker-K/.
         ChainDirectory(logs["directory"]).write_config_text(
             config_text(self.settings)
         )
+        if self.outer is not None:
+            files.write_text_atomically(
+                os.path.join(self.outer.directory, CONFIG_FILE),
+                config_text(self.outer),
+            )
 
 
 # Settings to library objects -----------------------------------------------
@@ -294,6 +306,7 @@ def _runner(settings, info, generations, build_teacher=None):
         deterministic=settings.deterministic,
         retrain_from=settings.retrain_from,
         settings=settings.identity(),
+        distill_ensemble=getattr(settings, "distill_ensemble", False),
     )
 
 
@@ -315,8 +328,11 @@ def _dry_run(settings, model_names):
     return EXIT_OK
 
 
-def _train(settings, generations, build_teacher=None):
-    """Loads the data, checks everything, runs the chain."""
+def _train(settings, generations, build_teacher=None, outer=None):
+    """Loads the data, checks everything, runs the chain.
+
+    `outer` is the settings of the study or sweep the chain belongs to.
+    """
     DirectoryLock(settings.directory).check()  # Refuse at once if in use.
     options, augmentation = data_options(settings), None
     if settings.deterministic and settings.augment != "none":
@@ -342,7 +358,7 @@ def _train(settings, generations, build_teacher=None):
     chain_callbacks = [
         *callbacks(settings, loaded.validation is not None),
         _TrainingStarted(flag),
-        _RecordSettings(settings),
+        _RecordSettings(settings, outer),
     ]
     try:
         return runner.run(
@@ -375,6 +391,9 @@ def ban(settings):
     """Teacher, Born-Again generations and ensembles; prints the table."""
     if settings.dry_run:
         return _dry_run(settings, [("generations", settings.model)])
+    if settings.seeds is not None:
+        return _study(settings, lambda seeded: _train(
+            seeded, seeded.generations, outer=settings))
     result = _train(settings, settings.generations)
     _print_result(result, settings)
     return EXIT_OK
@@ -389,11 +408,81 @@ def distill(settings):
     if settings.dry_run:
         return _dry_run(settings, roles)
     teacher = settings.teacher_model if trained_here else None
-    result = _train(settings, 1, build_teacher=teacher)
-    labels = distill_labels(settings)
-    for row in result.table:
-        row["label"] = labels.get(row["name"], row["label"])
-    _print_result(result, settings)
+
+    def train(seeded):
+        result = _train(seeded, 1, build_teacher=teacher,
+                        outer=settings if settings.seeds else None)
+        labels = distill_labels(seeded)
+        for row in result.table:
+            row["label"] = labels.get(row["name"], row["label"])
+        return result
+
+    if settings.seeds is not None:
+        return _study(settings, train)
+    _print_result(train(settings), settings)
+    return EXIT_OK
+
+
+def _study(settings, train):
+    """Runs `train(settings of seed K)` for each seed of `--seeds`."""
+    from kdtrain import study
+
+    try:
+        study.check_directory(settings.directory)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+    def run_seed(seed, directory):
+        print(f"Seed {seed} ({settings.seeds.index(seed) + 1} of "
+              f"{len(settings.seeds)}): {directory}", flush=True)
+        return train(dataclasses.replace(settings, seeds=None, seed=seed,
+                                         directory=directory))
+
+    result = study.run_study(settings.seeds, run_seed, settings.directory)
+    print(result.to_markdown())
+    print(f"\nEach seed's run (seed-K) and the study's results.json: "
+          f"{settings.directory}")
+    return EXIT_OK
+
+
+def sweep(settings):
+    """One teacher, one student per grid point; prints the grid's table."""
+    from kdtrain import sweep as sweep_module
+
+    points = sweep_module.make_grid(settings.loss, settings.temperature,
+                                    settings.ground_truth_weight)
+    if settings.dry_run:
+        for point in points:
+            distillation_loss(dataclasses.replace(settings, **point))
+        print(f"grid: {len(points)} points, "
+              f"{', '.join(map(sweep_module.point_name, points))}")
+        return _dry_run(dataclasses.replace(settings, **points[0]),
+                        [("teacher and students", settings.model)])
+    try:
+        sweep_module.check_directory(settings.directory)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+    def run_point(point, seed, directory, first):
+        print(f"Point {sweep_module.point_name(point)}, seed {seed}: "
+              f"{directory}", flush=True)
+        teacher = settings.teacher or (None if first is None else
+                                       ChainDirectory(first.directory)
+                                       .model_path(0))
+        chain = dataclasses.replace(
+            settings, command="ban", generations=1, seeds=None, seed=seed,
+            directory=directory, teacher=teacher, **point,
+        )
+        return _train(chain, 1, outer=settings)
+
+    value = sweep_module.run_sweep(
+        points, run_point, settings.directory,
+        settings.seeds or (settings.seed,),
+        per_seed=settings.seeds is not None,
+    )
+    print(sweep_module.sweep_markdown(value))
+    print(f"\nEach point's run and the sweep's results.json: "
+          f"{settings.directory}")
     return EXIT_OK
 
 
@@ -410,14 +499,9 @@ def _finished_results(directory, saved):
 
 def _given_teacher(saved, results):
     """The run's `--teacher` file, checked to be the one it was taught by."""
-    teacher = _load_teacher(saved)
-    recorded = (results["config"].get("teacher") or {}).get("weights_sha256")
-    if weights_fingerprint(teacher) != recorded:
-        raise UsageError(
-            f"--teacher {saved.teacher} has changed since the run: its "
-            "weights are not the ones that taught generation 1."
-        )
-    return teacher
+    from kdtrain.run_models import given_teacher
+
+    return given_teacher(saved.teacher, results)
 
 
 def evaluate(settings):
@@ -441,6 +525,10 @@ def evaluate(settings):
         for row in table:
             row["label"] = labels.get(row["name"], row["label"])
     print(markdown_table(table, split="test"))
+    if getattr(settings, "tradeoff", True):
+        data = tradeoff.measure_run(directory.path, table)
+        print(f"\nWhat each model costs ({tradeoff.TRADEOFF_FILE}):\n")
+        print(tradeoff.markdown_table(data))
     return EXIT_OK
 
 
@@ -449,12 +537,17 @@ def _evaluate_files(directory, saved):
     results = _finished_results(directory, saved)
     first = 1 if saved.teacher else 0
     last = saved.generations if saved.command == "ban" else 1
-    records = directory.finished_records(first, last)
+    distilled = bool(results["config"].get("distill_ensemble"))
+    records = directory.finished_records(first, last,
+                                         distilled_ensemble=distilled)
     generations = []
     if first == 1:
         generations.append(Generation(0, _given_teacher(saved, results),
                                       "auto"))
-    for index in range(first, last + 1):
+    indices = list(range(first, last + 1))
+    if distilled:  # the student distilled from the ensemble, last
+        indices.append(distilled_ensemble_index(last))
+    for index in indices:
         record = records[index]
         generations.append(Generation.from_record(
             index, directory.load_model(index, record),
@@ -465,4 +558,6 @@ def _evaluate_files(directory, saved):
         {"test": DataSplit(loaded.test, None, "test_data")},
         loaded.info.label_format, results["config"]["metrics"],
     )
-    return evaluation.table(generations, recompute=True)[0]
+    student = generations.pop() if distilled else None
+    return evaluation.table(generations, recompute=True,
+                            distilled_ensemble=student)[0]

@@ -11,7 +11,8 @@ never with a sleep:
                                              as a full disk would
 
 Without the variable a fault point costs one dictionary lookup. The points
-(`K` is a generation):
+(`K` is a generation, or `ensemble` for the student distilled from the
+ensemble, whose points are a generation's: `gen-ensemble/train.step`...):
 
     gen-K/train.step       after a training step of generation K
     gen-K/backup.write     a new epoch backup fully written, not yet renamed
@@ -25,6 +26,8 @@ Without the variable a fault point costs one dictionary lookup. The points
     evaluate.model         before evaluating a model for the table
     evaluate.ensemble      before evaluating an ensemble for the table
     results.write          results.json written, not yet renamed
+    study/results.write    a study's results.json written, not yet renamed
+    sweep/results.write    a sweep's results.json written, not yet renamed
 """
 
 import errno

@@ -172,6 +172,11 @@ def load_model_file(path, argument=None):
 
     import keras
 
+    # kdtrain's own model classes, registered for deserialization (a fresh
+    # `kdtrain evaluate` process has imported none of them yet).
+    import kdtrain.ensemble  # noqa: F401
+    import kdtrain.models.registry  # noqa: F401
+
     where = f"{argument} {path}" if argument else os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{where}: no such file.")

@@ -48,6 +48,7 @@ class Option:
     maximum: float = None
     exclusive_minimum: bool = False
     optional: bool = False  # None is a valid value ("not set")
+    item: type = None  # for type list: the type of each element
 
     @property
     def flag(self):
@@ -55,6 +56,12 @@ class Option:
 
 
 _BOTH = ("ban", "distill")
+_ALL = ("ban", "distill", "sweep")
+# What `kdtrain sweep` takes as comma-separated lists: its grid.
+SWEPT = ("loss", "temperature", "ground_truth_weight")
+# `ban` options that a sweep (one student per grid point) has no use for.
+_NOT_IN_SWEEP = ("generations", "teach_from", "retrain_from",
+                 "distill_ensemble")
 
 # Every setting: a --flag and a config file key.
 OPTIONS = (
@@ -120,6 +127,10 @@ OPTIONS = (
            "transfer loss", _BOTH, minimum=0.0, exclusive_minimum=True),
     Option("teach_from", str, "previous", "who teaches each generation",
            ("ban",), choices=("previous", "teacher")),
+    Option("distill_ensemble", bool, False, "end the chain with one more "
+           "student distilled from the ensemble of generations 1..N: the "
+           "ensemble's accuracy at the cost of one model (column "
+           "Ensemble-distilled, folder gen-ensemble)", ("ban",)),
     Option("optimizer", str, "adam", "Keras optimizer name", _BOTH),
     Option("learning_rate", float, None, "learning rate (default: the "
            "optimizer's own)", _BOTH, minimum=0.0, exclusive_minimum=True,
@@ -128,6 +139,10 @@ OPTIONS = (
            "this many epochs without improvement of the validation loss, "
            "restoring its best weights", _BOTH, minimum=1, optional=True),
     Option("seed", int, 0, "random seed", _BOTH, minimum=0),
+    Option("seeds", list, None, "run one chain per seed, e.g. 0,1,2, in "
+           "DIRECTORY/seed-K, and summarize them: means, 95% confidence "
+           "intervals, paired differences against the teacher", _ALL,
+           minimum=0, optional=True, item=int),
     Option("cache_teacher", str, "auto", "compute each teacher's outputs "
            "once per generation instead of on every batch (auto: when "
            "the training data are not augmented)", _BOTH,
@@ -156,12 +171,26 @@ OPTIONS = (
     Option("tensorboard", bool, True, "write TensorBoard logs", _BOTH),
     Option("progress", bool, True, "show tqdm progress bars "
            "(--no-progress: one line per epoch)", _BOTH),
+    # kdtrain evaluate
+    Option("tradeoff", bool, True, "measure each model's parameters, size, "
+           "MACs, CPU latency and throughput into tradeoff.json and print "
+           "them", ("evaluate",)),
 )
 
 
 
 def options_for(command):
+    """The options of `command`; a sweep takes `ban`'s but the chain's."""
+    if command == "sweep":
+        return [o for o in OPTIONS if ("ban" in o.commands or "sweep" in
+                o.commands) and o.key not in _NOT_IN_SWEEP]
     return [o for o in OPTIONS if command in o.commands]
+
+
+def is_list(command, option):
+    """Whether `option` of `command` takes a comma-separated list."""
+    return option.type is list or (command == "sweep" and option.key in
+                                    SWEPT)
 
 
 def _closest(word, candidates):
@@ -179,9 +208,9 @@ def _help_text(option):
     text = option.help
     if option.choices:
         text += f"; one of: {', '.join(option.choices)}"
-    if default is None or "(default:" in text:  # unset, or said in the help
-        return text
-    return f"{text} (default: {default})"
+    if default is not None and "(default:" not in text:
+        text = f"{text} (default: {default})"
+    return text.replace("%", "%%")  # argparse %-formats help texts
 
 
 def build_parser():
@@ -199,6 +228,9 @@ def build_parser():
         "ensembles; print the table.",
         "distill": "Distill one teacher into a student of another "
         "architecture.",
+        "sweep": "Train one teacher, then one student per grid point of "
+        "--loss x --temperature x --ground-truth-weight (comma-separated "
+        "lists), all from that teacher; print the grid's table.",
     }
     for command, description in descriptions.items():
         sub = subparsers.add_parser(command, help=description,
@@ -215,23 +247,64 @@ def build_parser():
                                  action=argparse.BooleanOptionalAction,
                                  help=_help_text(option))
             else:
+                metavar = option.key.upper()
+                if is_list(command, option):
+                    metavar += ",..."
                 sub.add_argument(option.flag, dest=option.key, type=str,
-                                 metavar=option.key.upper(),
-                                 help=_help_text(option))
+                                 metavar=metavar, help=_help_text(option))
     for command, description in (
         ("evaluate", "Evaluate every model and ensemble of a run on its test "
-         "split; print the table."),
+         "split; print the table, and what each model costs."),
         ("report", "Write the run's table as Markdown and a PNG plot of "
          "accuracy and loss per generation (needs matplotlib)."),
     ):
         sub = subparsers.add_parser(command, help=description,
-                                    description=description)
+                                    description=description,
+                                    argument_default=argparse.SUPPRESS)
         sub.add_argument("directory", help="the run's directory")
+        for option in options_for(command):  # bool flags only
+            sub.add_argument(option.flag, dest=option.key,
+                             action=argparse.BooleanOptionalAction,
+                             help=_help_text(option))
+    from kdtrain import run_export  # no TensorFlow
+
+    run_export.add_parser(subparsers)
     return parser
 
 
-def _convert(option, value, source):
+def _convert_list(option, value, source):
+    """A comma-separated flag or a TOML list as a tuple of converted items.
+
+    Each item is checked as the option's single value would be.
+    """
+    where = option.flag if source == "flag" else f"{option.key!r} in {source}"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    if not items or any(item == "" for item in items):
+        raise UsageError(f"{where} takes a comma-separated list, e.g. "
+                         f"0,1,2. Received: {value!r}")
+    single = dataclasses.replace(option, type=option.item or option.type,
+                                 optional=option.item is None and
+                                 option.optional)
+    try:
+        converted = tuple(_convert(single, item, source) for item in items)
+    except UsageError as error:
+        raise UsageError(f"{error} (in {where} {value!r})") from None
+    if len(set(converted)) != len(converted):
+        raise UsageError(f"{where} lists a value twice. Received: {value!r}")
+    return converted
+
+
+def _convert(option, value, source, listed=False):
     """Converts a flag string or TOML value to the option's type."""
+    if listed or option.type is list:
+        return _convert_list(option, value, source)
     where = f"{option.flag}" if source == "flag" else f"{option.key!r} in {source}"
     if value is None or (isinstance(value, str) and value.lower() == "none"
                          and option.optional):
@@ -304,7 +377,8 @@ def read_config(path, command):
                 f"Unknown key {key!r} in {path}.{_closest(key, list(known))} "
                 f"Valid keys for `kdtrain {command}`: {', '.join(known)}."
             )
-        values[key] = _convert(known[key], value, path)
+        values[key] = _convert(known[key], value, path,
+                               is_list(command, known[key]))
     return values
 
 
@@ -316,7 +390,7 @@ _PATHS = ("directory", "data_dir", "teacher")
 # Settings that change how a run is watched or where it goes, not what it
 # computes: a resumed run may change them.
 NOT_IDENTITY = ("directory", "overwrite", "retrain_from", "tensorboard",
-                "progress", "threads")
+                "progress", "threads", "seeds")
 
 
 def _absolute(key, value):
@@ -357,10 +431,16 @@ def parse(argv):
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        raise UsageError("Name a command: ban, distill, evaluate or report.")
+        raise UsageError(
+            "Name a command: ban, distill, sweep, evaluate, report or "
+            "export.")
+    if args.command == "export":
+        from kdtrain import run_export
+
+        return args.command, run_export.settings_from(args, unknown)
     if unknown:
         flags = []
-        if args.command in ("ban", "distill"):
+        if args.command in ("ban", "distill", "sweep"):
             flags = ["--config", "--dry-run"] + [
                 o.flag for o in options_for(args.command)
             ]
@@ -371,16 +451,23 @@ def parse(argv):
             + (f" Valid options: {', '.join(flags)}." if flags else "")
         )
     if args.command in ("evaluate", "report"):
-        return args.command, Settings(command=args.command,
-                                      directory=args.directory)
+        return args.command, Settings(
+            command=args.command, directory=args.directory,
+            **{o.key: getattr(args, o.key) for o in options_for(args.command)
+               if hasattr(args, o.key)})
     values = {o.key: o.default for o in options_for(args.command)}
     if getattr(args, "config", None):
         values.update(read_config(args.config, args.command))
     for option in options_for(args.command):
         if hasattr(args, option.key):
             values[option.key] = _convert(
-                option, getattr(args, option.key), "flag"
+                option, getattr(args, option.key), "flag",
+                is_list(args.command, option),
             )
+    if args.command == "sweep":
+        for key in SWEPT:  # one value is a grid of one
+            if not isinstance(values[key], tuple):
+                values[key] = (values[key],)
     _check_combinations(args.command, values)
     return args.command, Settings(command=args.command,
                                   dry_run=getattr(args, "dry_run", False),
@@ -388,6 +475,47 @@ def parse(argv):
 
 
 def _check_combinations(command, values):
+    if command == "sweep":
+        for point in grid(values):
+            try:
+                _check_combination(command, dict(values, **point))
+            except UsageError as error:
+                flags = " ".join(f"--{k.replace('_', '-')} {v}"
+                                 for k, v in point.items() if v is not None)
+                raise UsageError(f"{error} The grid has the point {flags}; "
+                                 "sweep such values separately.") from None
+    else:
+        _check_combination(command, values)
+    if values.get("seeds") is not None and values["seed"] != 0:
+        raise UsageError(
+            "--seeds gives each chain its own --seed: drop --seed "
+            f"{values['seed']}."
+        )
+    if values.get("seeds") is not None and values.get("retrain_from") is not None:
+        raise UsageError(
+            "--retrain-from applies to one run: retrain a seed's run in its "
+            "own directory (kdtrain ban --config DIRECTORY/seed-K/config.toml "
+            "--retrain-from K), then run the study again to summarize it."
+        )
+    if values["directory"] is None:
+        study = "-study" if values.get("seeds") and command != "sweep" else ""
+        values["directory"] = os.path.join(
+            "runs", f"{command}-{values['dataset']}-{values['model']}{study}"
+        )
+
+
+def grid(values):
+    """The grid points of a sweep's settings, in order: dicts of `SWEPT`."""
+    from kdtrain.sweep import make_grid  # noqa: PLC0415
+
+    try:
+        return make_grid(*(values[key] for key in SWEPT))
+    except ValueError as error:
+        flags = ", ".join("--" + k.replace("_", "-") for k in SWEPT)
+        raise UsageError(f"{flags}: {error}") from None
+
+
+def _check_combination(command, values):
     if values["dataset"] == "image_folder" and not values["data_dir"]:
         raise UsageError(
             "--dataset image_folder needs --data-dir: the folder of class "
@@ -411,18 +539,35 @@ def _check_combinations(command, values):
             "--loss none switches the output distillation off; it needs a "
             "feature loss such as --attention-transfer group_1,group_2."
         )
+    if values.get("distill_ensemble"):
+        _check_distill_ensemble(values)
     first = 1 if values["teacher"] else 0
     last = values.get("generations", 1)
-    if values["retrain_from"] is not None and not (
+    ensemble = ""
+    if values.get("distill_ensemble"):
+        last += 1
+        ensemble = f" ({last}: the student distilled from the ensemble)"
+    if values.get("retrain_from") is not None and not (
         first <= values["retrain_from"] <= last
     ):
         raise UsageError(
-            f"--retrain-from must name a generation from {first} to {last}. "
-            f"Received: {values['retrain_from']}"
+            f"--retrain-from must name a generation from {first} to {last}"
+            f"{ensemble}. Received: {values['retrain_from']}"
         )
-    if values["directory"] is None:
-        values["directory"] = os.path.join(
-            "runs", f"{command}-{values['dataset']}-{values['model']}"
+
+
+def _check_distill_ensemble(values):
+    if values["generations"] < 2:
+        raise UsageError(
+            "--distill-ensemble distills the ensemble of generations 1..N "
+            "into one more student; with --generations 1 that ensemble is "
+            "generation 1 alone. Pass --generations 2 or more."
+        )
+    if values["attention_transfer"]:
+        raise UsageError(
+            "--distill-ensemble teaches with the ensemble's averaged "
+            "probabilities, which has no layers for --attention-transfer; "
+            "drop one of them."
         )
 
 
@@ -437,11 +582,15 @@ def default_threads():
     spin while they wait; on small models that costs CPU time and gains no
     speed (measured: README, Performance).
     """
+    return max(1, usable_cores() // 2)
+
+
+def usable_cores():
+    """The CPU cores this process may run on."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+        return os.cpu_count() or 1
 
 
 def in_flags(message):
@@ -477,7 +626,9 @@ def config_text(settings):
              f"command = {_toml_value(settings.command)}"]
     for option in options_for(settings.command):
         value = getattr(settings, option.key)
-        if value is None or option.key in ("overwrite", "retrain_from"):
+        if value is None or option.key in ("overwrite", "retrain_from") or (
+            option.key == "seed" and settings.seeds is not None
+        ) or (isinstance(value, tuple) and all(v is None for v in value)):
             continue
         value = _absolute(option.key, value)  # read from anywhere
         lines.append(f"{option.key} = {_toml_value(value)}")
@@ -485,6 +636,8 @@ def config_text(settings):
 
 
 def _toml_value(value):
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

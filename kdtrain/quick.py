@@ -7,9 +7,11 @@ first, and imports `kdtrain.commands` (and TensorFlow) only when training
 or evaluating is left to do.
 """
 
+import dataclasses
 import importlib.util
 import os
 import sys
+import tomllib
 
 from kdtrain import __version__
 from kdtrain import files
@@ -32,8 +34,15 @@ def check(command, settings):
 
     Raises:
         UsageError: An unknown model name, a missing run directory for
-            `evaluate` or `report`, or `report` without matplotlib.
+            `evaluate` or `report`, or `report` without matplotlib; for
+            `export`, see `kdtrain.run_export.check`.
     """
+    if command == "export":
+        from kdtrain import run_export
+
+        _refuse_study_or_sweep(command, settings.directory)
+        run_export.check(settings)
+        return
     for key in ("model", "teacher_model"):
         name = getattr(settings, key, None)
         if name is not None and not _known_model(name):
@@ -45,6 +54,8 @@ def check(command, settings):
         settings.directory
     ):
         raise UsageError(f"{settings.directory}: no such directory.")
+    if command == "evaluate":
+        _refuse_study_or_sweep(command, settings.directory)
     if command == "report" and importlib.util.find_spec("matplotlib") is None:
         raise UsageError(
             "kdtrain report draws with matplotlib, which is not installed: "
@@ -61,6 +72,8 @@ def report(settings):
     from kdtrain.options import read_run_config
     from kdtrain.report import write_report
 
+    if _is_study_or_sweep(settings.directory):
+        return _study_report(settings.directory)
     directory = ChainDirectory(settings.directory)
     with directory.lock:
         results = directory.read_results()
@@ -83,6 +96,77 @@ def report(settings):
     print(markdown)
     print(f"Wrote {directory.file('report.md')} and "
           f"{directory.file('report.png')}")
+    return EXIT_OK
+
+
+def _refuse_study_or_sweep(command, directory):
+    """`evaluate` and `export` take one run, not a study or sweep of them."""
+    if not _is_study_or_sweep(directory):
+        return
+    runs = _runs_inside(directory)
+    example = os.path.join(directory, runs[0] if runs else "seed-0")
+    raise UsageError(
+        f"{directory} is a study or sweep: {command} one of its runs "
+        f"({', '.join(runs[:6]) or 'none yet'}), e.g. kdtrain {command} "
+        f"{example}; kdtrain report {directory} summarizes them."
+    )
+
+
+def _runs_inside(directory):
+    """The run folders of a study or sweep (`seed-K`, `seed-K/POINT`...)."""
+    runs = []
+    for root, folders, names in os.walk(directory):
+        if CONFIG_FILE in names and root != directory:
+            runs.append(os.path.relpath(root, directory))
+            folders.clear()
+        folders.sort()
+    return sorted(runs)
+
+
+def _is_study_or_sweep(directory):
+    """Whether `directory` is a study's or a sweep's (its config says)."""
+    try:
+        with open(os.path.join(directory, CONFIG_FILE), "rb") as file:
+            recorded = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
+    return recorded.get("command") == "sweep" or "seeds" in recorded
+
+
+def _study_report(directory):
+    """`kdtrain report` of a study or a sweep."""
+    from kdtrain import study
+    from kdtrain import study_report
+    from kdtrain import sweep
+
+    lock = DirectoryLock(directory)
+    lock.acquire(shared=True)  # not while the study runs
+    try:
+        results = study.read_study(directory) or sweep.read_sweep(directory)
+        if not results or not results.get("complete"):
+            raise UsageError(
+                f"{directory} holds a study or sweep that has not finished "
+                "(no results.json): run its command again to finish it."
+            )
+        runs = (study.study_runs(results) if results["kind"] == study.KIND
+                else sweep.sweep_runs(results))
+        stale = study.stale_runs(directory, runs)
+        if stale:
+            raise UsageError(
+                f"The summary in {directory} no longer matches its runs "
+                f"({', '.join(stale[:6])} changed since): run its command "
+                "again to summarize them (finished runs are loaded, not "
+                "trained again)."
+            )
+        try:
+            markdown = study_report.write(directory, results)
+        except ImportError as error:
+            raise UsageError(str(error)) from None
+    finally:
+        lock.release()
+    print(markdown)
+    print(f"Wrote {os.path.join(directory, 'report.md')} and "
+          f"{os.path.join(directory, 'report.png')}")
     return EXIT_OK
 
 
@@ -123,6 +207,8 @@ def finished_table(command, settings):
         settings.overwrite or settings.retrain_from is not None
     ):
         return None
+    if settings.seeds is not None:
+        return _finished_study(command, settings)
     if settings.teacher or settings.data_dir:
         # Files that may have changed since: only the full command's
         # checks (the teacher's weights, the samples' keys) can tell.
@@ -144,6 +230,33 @@ def finished_table(command, settings):
         return _verified_table(directory, command, settings)
     finally:
         lock.release()
+
+
+def _finished_study(command, settings):
+    """A finished study's table, when every seed's run is finished,
+    unchanged, and the one the study summarized; else None."""
+    from kdtrain import study
+
+    try:
+        results = study.read_study(settings.directory)
+    except (OSError, ValueError):
+        return None
+    if not results or not results.get("complete") or (
+        results.get("kdtrain_version") != __version__
+    ) or results.get("seeds") != list(settings.seeds):
+        return None
+    for seed in settings.seeds:
+        seeded = dataclasses.replace(
+            settings, seeds=None, seed=seed,
+            directory=study.seed_directory(settings.directory, seed),
+        )
+        run = (results.get("runs") or {}).get(str(seed)) or {}
+        table = finished_table(command, seeded)
+        if table is None or not run.get("table") or (
+            table != markdown_table(run["table"])
+        ):
+            return None
+    return study.study_markdown(results)
 
 
 def _verified_table(directory, command, settings):

@@ -29,8 +29,8 @@ MARKDOWN_FILE = "report.md"
 FIGURE_FILE = "report.png"
 _RESULTS_FILE = "results.json"
 _RECORD_FILE = "record.json"
-_SINGLE = {"label": "Single model", "color": "tab:blue", "marker": "o"}
-_ENSEMBLE = {"label": "Ensemble", "color": "tab:orange", "marker": "s"}
+SINGLE_STYLE = {"label": "Single model", "color": "tab:blue", "marker": "o"}
+ENSEMBLE_STYLE = {"label": "Ensemble", "color": "tab:orange", "marker": "s"}
 
 
 # The table -------------------------------------------------------------------
@@ -84,7 +84,8 @@ def markdown_table(table, split=None, metrics=("accuracy", "loss"), digits=4):
 
 
 def is_single_model(name):
-    """Whether a table row's `name` is one model (`teacher`, `gen-K`)."""
+    """Whether a table row's `name` is one model (`teacher`, `gen-K`, and
+    `gen-ensemble`, the student distilled from the ensemble)."""
     return name == "teacher" or name.startswith("gen-")
 
 
@@ -134,7 +135,8 @@ def read_histories(directory, results=None):
 # The figure ------------------------------------------------------------------
 
 
-def _figure_class():
+def figure_class():
+    """matplotlib's `Figure` class, or an ImportError naming the install."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -156,7 +158,8 @@ def accuracy_floor(values):
     return min(max(floor, 0.0), 0.8)
 
 
-def _split_title(split):
+def split_title(split):
+    """A split's name in a title: "Test", "Validation", "Training"."""
     return {"test": "Test", "validation": "Validation",
             "train": "Training"}.get(split, split.capitalize())
 
@@ -168,7 +171,7 @@ def _draw_models(axis, rows, split):
     ) else "loss"
     rows = [row for row in rows if row.get(metric) is not None]
     values = [float(row[metric]) for row in rows]
-    for style, single in ((_SINGLE, True), (_ENSEMBLE, False)):
+    for style, single in ((SINGLE_STYLE, True), (ENSEMBLE_STYLE, False)):
         points = [(i, v) for i, (row, v) in enumerate(zip(rows, values))
                   if is_single_model(row["name"]) == single]
         if points:
@@ -189,7 +192,7 @@ def _draw_models(axis, rows, split):
     axis.set_xticks(range(len(rows)), [row["label"] for row in rows],
                     rotation=25, ha="right")
     axis.set_xlim(-0.6, len(rows) - 0.4)
-    name = f"{_split_title(split)} {metric}"
+    name = f"{split_title(split)} {metric}"
     axis.set_xlabel("Model")
     axis.set_ylabel(name)
     axis.set_title(f"(a) {name} per model")
@@ -226,7 +229,63 @@ def _draw_curves(axis, histories, labels):
                   va="center", transform=axis.transAxes)
 
 
-def draw(table, histories=None, split=None):
+def _draw_tradeoff(axis, data):
+    """Panel (c): test accuracy against CPU latency at batch 1."""
+    rows = [row for row in data["rows"] if row.get("accuracy") is not None]
+    for style, single in ((SINGLE_STYLE, True), (ENSEMBLE_STYLE, False)):
+        points = [row for row in rows
+                  if is_single_model(row["name"]) == single]
+        if points:
+            axis.plot([row["latency_ms"] for row in points],
+                      [row["accuracy"] for row in points], linestyle="none",
+                      markersize=8, zorder=3, **style)
+    latencies = [row["latency_ms"] for row in rows]
+    if latencies and max(latencies) > 10 * min(latencies):
+        axis.set_xscale("log")
+    if rows:
+        axis.set_ylim(accuracy_floor([row["accuracy"] for row in rows]), 1.0)
+        axis.set_xlim(0 if axis.get_xscale() == "linear" else None,
+                      max(latencies) * 1.25)
+        axis.legend(loc="lower right")
+        _label_points(axis, rows)
+    cpu = (data.get("machine") or {}).get("cpu", "CPU")
+    axis.set_xlabel(f"Latency per sample at batch 1 (ms), {cpu}",
+                    fontsize=8)
+    axis.set_ylabel("Test accuracy")
+    axis.set_title("(c) Accuracy against latency")
+    axis.grid(alpha=0.3)
+
+
+def _label_points(axis, rows):
+    """Writes each row's label beside its point, where no other label is.
+
+    Tries right of the point, first level with it then lower, then left,
+    in axes fractions (a label's size estimated from its length); a thin
+    line joins each label to its point.
+    """
+    to_axes = axis.transScale + axis.transLimits
+    placed = []
+    for row in rows:
+        fx, fy = to_axes.transform((row["latency_ms"], row["accuracy"]))
+        width, height = 0.017 * len(row["label"]), 0.05
+        candidates = [(fx + 0.02, fy + 0.01)] + [
+            (fx + 0.02, fy - k * height - 0.01) for k in range(1, 8)]
+        candidates += [(fx - 0.02 - width, fy + 0.01)] + [
+            (fx - 0.02 - width, fy - k * height - 0.01) for k in range(1, 8)]
+        x, y = next(((x, y) for x, y in candidates if (
+            0 <= x and x + width <= 1 and 0 <= y and y + height <= 1
+            and not any(x < px + pw and px < x + width and y < py + ph
+                        and py < y + height for px, py, pw, ph in placed)
+        )), candidates[0])
+        placed.append((x, y, width, height))
+        axis.annotate(row["label"], (row["latency_ms"], row["accuracy"]),
+                      xytext=(x, y), textcoords="axes fraction", fontsize=8,
+                      ha="left", va="bottom", arrowprops={
+                          "arrowstyle": "-", "color": "0.6", "lw": 0.6,
+                          "shrinkA": 0, "shrinkB": 5})
+
+
+def draw(table, histories=None, split=None, tradeoff=None):
     """The report's figure of a run: its models side by side, and learning.
 
     Panel (a) shows each model's and ensemble's accuracy on `split`, single
@@ -234,31 +293,42 @@ def draw(table, histories=None, split=None):
     on an axis that does not magnify small gaps (`accuracy_floor`); the
     loss when the table has no accuracy. Panel (b) shows every
     generation's validation accuracy per epoch (the training accuracy
-    when the run had no validation data).
+    when the run had no validation data). With `tradeoff`, panel (c)
+    plots each model's and ensemble's test accuracy against its CPU
+    latency per sample at batch 1.
 
     Args:
         table: The results table (`results.json`'s `table`).
         histories: Model names to their histories, as `read_histories`
             returns; None draws no curves.
         split: The split of panel (a); defaults to `default_split(table)`.
+        tradeoff: The run's trade-off measurements
+            (`kdtrain.tradeoff.read_matching`), or None for two panels.
 
     Returns:
         A `matplotlib.figure.Figure` (not registered with pyplot): save it
         with `figure.savefig(...)`.
     """
-    figure_class = _figure_class()
+    make_figure = figure_class()
     split = split or default_split(table)
     rows = [row for row in table if row["split"] == split]
     labels = {row["name"]: row["label"] for row in table}
-    figure = figure_class(figsize=(11, 4.4), layout="constrained")
-    models_axis, curves_axis = figure.subplots(1, 2)
-    _draw_models(models_axis, rows, split)
-    _draw_curves(curves_axis, histories or {}, labels)
+    panels = 2 if tradeoff is None else 3
+    figure = make_figure(figsize=(5.5 * panels, 4.4), layout="constrained")
+    axes = figure.subplots(1, panels)
+    _draw_models(axes[0], rows, split)
+    _draw_curves(axes[1], histories or {}, labels)
+    if tradeoff is not None:
+        _draw_tradeoff(axes[2], tradeoff)
     return figure
 
 
 def write_report(directory, results=None):
     """Writes a finished run's `report.md` and `report.png` into its folder.
+
+    When the run's `tradeoff.json` (`kdtrain evaluate`) still matches its
+    model files, the report adds its table and panel (c) of `draw`;
+    otherwise it says how to measure them.
 
     Args:
         directory: The run's directory.
@@ -280,9 +350,28 @@ def write_report(directory, results=None):
                          "results.json with a table).")
     split = default_split(table)
     name = os.path.basename(os.path.abspath(directory))
+    from kdtrain import tradeoff as tradeoff_module
+
+    measured = tradeoff_module.read_matching(directory)
     markdown = (f"# {name}\n\nTest split: {split}.\n\n"
-                + markdown_table(table, split) + "\n")
-    figure = draw(table, read_histories(directory, results), split)
+                + markdown_table(table, split) + "\n\n## Trade-off\n\n")
+    if measured is None:
+        markdown += ("Not measured for these model files: `kdtrain evaluate "
+                     f"{directory}` measures each model's size, MACs, CPU "
+                     "latency and throughput.\n")
+    else:
+        markdown += tradeoff_module.markdown_table(measured) + "\n"
+    figure = draw(table, read_histories(directory, results), split,
+                  measured)
+    return save_report(directory, markdown, figure)
+
+
+def save_report(directory, markdown, figure):
+    """Writes `report.md` and `report.png` into `directory`, each whole.
+
+    Returns:
+        `markdown`.
+    """
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=150)
     files.write_text_atomically(os.path.join(directory, MARKDOWN_FILE),

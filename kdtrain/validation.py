@@ -56,6 +56,15 @@ def number(name, value, minimum=None, maximum=None, exclusive_minimum=False,
     return float(value)
 
 
+def boolean(name, value):
+    """`value` if it is True or False (not 0, 1, or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"`{name}` must be True or False. Received: {name}={value!r}"
+        )
+    return value
+
+
 def choice(name, value, choices):
     """`value` if it is one of `choices` (compared by identity for bools)."""
     for option in choices:

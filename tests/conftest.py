@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -49,3 +51,34 @@ def trained_teacher(digits):
     )
     teacher.fit(x, y, epochs=15, batch_size=64, verbose=0)
     return teacher
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(tmp_path_factory):
+    """A finished `kdtrain ban` run on digits, as small as a run gets:
+    WRN-10-1, a teacher and one generation of one epoch on 200 images.
+
+    Tests that change its files work on a copy.
+    """
+    directory = tmp_path_factory.mktemp("tiny") / "run"
+    process = subprocess.run(
+        [sys.executable, "-m", "kdtrain", "ban", "--model", "wrn-10-1",
+         "--generations", "1", "--epochs", "1", "--train-size", "200",
+         "--test-size", "100", "--no-progress", "--no-tensorboard",
+         "--directory", str(directory)],
+        capture_output=True, text=True, timeout=HANG_GUARD,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return directory
+
+
+def tensorboard_events(path):
+    """The events of a TensorBoard run folder, tensors included."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(path), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    accumulator.Reload()
+    return accumulator

@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 import kdtrain
 from kdtrain.callbacks import GenerationCallback
@@ -16,6 +15,7 @@ from kdtrain.callbacks import TqdmProgress
 from kdtrain.chain import GenerationRunner
 from kdtrain.chain.callbacks import copy_callbacks
 from conftest import HANG_GUARD
+from conftest import tensorboard_events
 from conftest import mlp
 
 
@@ -32,12 +32,7 @@ def compiled(model):
     return model
 
 
-def read(path):
-    accumulator = event_accumulator.EventAccumulator(
-        str(path), size_guidance={event_accumulator.TENSORS: 0}
-    )
-    accumulator.Reload()
-    return accumulator
+read = tensorboard_events
 
 
 def values(accumulator, tag):

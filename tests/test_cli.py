@@ -196,9 +196,11 @@ def test_evaluate_prints_the_same_table(finished_run, capsys):
     assert code == 0
     capsys.readouterr()
     assert cli.main(["evaluate", str(directory)]) == cli.EXIT_OK
-    printed = capsys.readouterr().out
+    printed, costs = capsys.readouterr().out.split("What each model costs")
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert [line for line in printed.splitlines() if line.startswith("| ")] == table
+    assert "| Model | Parameters | Size on disk |" in costs  # the trade-off
+    assert (directory / "tradeoff.json").is_file()
 
 
 def test_rerun_resumes_without_training(finished_run, capsys):

@@ -35,6 +35,8 @@ RANDOM_ARGS = [*ARGS, "--model", "tiny-mlp-dropout", "--loss", "dkpp",
                "--learning-rate", "0.05"]
 # The runner augments the images, each batch's draws from its seeds.
 AUGMENT_ARGS = [*ARGS, "--augment", "mnist"]
+# One more student, distilled from the ensemble of the generations.
+ENSEMBLE_ARGS = [*ARGS, "--distill-ensemble"]
 
 # name -> (fault, what the first run must end with)
 KILLS = {
@@ -156,6 +158,16 @@ AUGMENT_KILLS = {
 }
 
 
+# name -> fault, in a chain of ENSEMBLE_ARGS
+ENSEMBLE_KILLS = {
+    "distilled ensemble mid-epoch": "gen-ensemble/train.step@60",
+    "distilled ensemble between model and record":
+        "gen-ensemble/model.saved",
+    "distilled ensemble before backup and cache cleanup":
+        "gen-ensemble/record.written",
+}
+
+
 def kill_and_rerun(directory, fault, damage=None, args=ARGS):
     killed = run_chain(directory, fault, args)
     if damage is not None:
@@ -216,8 +228,12 @@ def resumed(outcomes, name):
     references, results = outcomes
     kind = ("random" if name in RANDOM_KILLS
             else "augment" if name in AUGMENT_KILLS else "plain")
-    reference, reference_numbers = references[kind]
-    outcome = results[name]
+    return checked(results[name], *references[kind])
+
+
+def checked(outcome, reference, reference_numbers):
+    """`outcome` after the checks every rerun must pass against the
+    uninterrupted run's printed table and recorded numbers."""
     rerun = outcome["rerun"]
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert len(reference) == 3 and table(rerun.stdout) == reference
@@ -235,6 +251,43 @@ def test_a_killed_chain_resumes_to_the_uninterrupted_table(outcomes, name):
     outcome = resumed(outcomes, name)
     killed = outcome["killed"]
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def distilled_ensemble_outcomes(tmp_path_factory):
+    """The `ENSEMBLE_KILLS` scenarios (apart from `outcomes`: selecting
+    them with -k runs only these)."""
+    root = tmp_path_factory.mktemp("faults-ensemble")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        reference = pool.submit(run_chain, root / "reference", None,
+                                ENSEMBLE_ARGS)
+        jobs = {
+            name: pool.submit(kill_and_rerun, root / f"ensemble-{i}", fault,
+                              None, ENSEMBLE_ARGS)
+            for i, (name, fault) in enumerate(ENSEMBLE_KILLS.items())
+        }
+        results = {name: job.result() for name, job in jobs.items()}
+        reference = reference.result()
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    return (table(reference.stdout), numbers(root / "reference")), results
+
+
+@pytest.mark.parametrize("name", ENSEMBLE_KILLS)
+def test_a_killed_distilled_ensemble_resumes_to_the_uninterrupted_table(
+    distilled_ensemble_outcomes, name
+):
+    (reference, reference_numbers), results = distilled_ensemble_outcomes
+    assert reference[0].rstrip().endswith("| Ensemble-distilled |")
+    assert "gen-ensemble" in reference_numbers[1]
+    outcome = checked(results[name], reference, reference_numbers)
+    killed = outcome["killed"]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # Killed while the extra student trained or was saved: every generation
+    # had finished, and the rerun trained none of them again.
+    assert {p.parent.name for p in outcome["before"]} >= {
+        "gen-0", "gen-1", "gen-2", "gen-3"
+    }
+    assert "Training BAN" not in outcome["rerun"].stdout
 
 
 def _point(fault):

@@ -527,3 +527,26 @@ def test_a_damaged_results_file_is_rebuilt_by_a_rerun(digits, tmp_path):
     ]
     assert json.loads((tmp_path / "results.json").read_text())["complete"]
 
+
+
+def test_a_run_made_before_a_setting_existed_resumes_as_it_was(run, capsys):
+    # A directory written before `distill_ensemble` existed lacks the key;
+    # its chain is the one `distill_ensemble=False` makes.
+    path = run / "run.json"
+    recorded = json.loads(path.read_text())
+    recorded["config"].pop("distill_ensemble")
+    recorded["config"]["settings"].pop("distill_ensemble")
+    path.write_text(json.dumps(recorded))
+    before = snapshot(run)
+    code, out, err = kdtrain(capsys, "ban", *TINY, "--directory", str(run))
+    assert code == 0, err
+    assert "Training" not in out and table(out)
+    changed = {str(p) for p, content in snapshot(run).items()
+               if before.get(p) != content}
+    # Nothing trained again; the settings file now names the new setting.
+    assert changed <= {"results.json", "config.toml"}
+    # With the new setting on, the same directory is another chain.
+    code, out, err = kdtrain(capsys, "ban", *TINY, "--distill-ensemble",
+                             "--directory", str(run))
+    assert code == cli.EXIT_USAGE
+    assert 'distill_ensemble: "<absent>" in the directory, true now' in err

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import kdtrain
+from conftest import tensorboard_events
 from conftest import HANG_GUARD
 from kdtrain import losses
 from kdtrain.ensemble import GenerationEnsemble
@@ -194,14 +195,7 @@ def test_models_are_fresh_compiled_and_distinct(chain):
 
 
 def test_chain_records_tensorboard_runs(chain):
-    from tensorboard.backend.event_processing import event_accumulator
-
-    def tensors(path):
-        accumulator = event_accumulator.EventAccumulator(
-            str(path), size_guidance={event_accumulator.TENSORS: 0}
-        )
-        accumulator.Reload()
-        return accumulator
+    tensors = tensorboard_events
 
     logs = chain.directory / "logs"
     for k in range(3):

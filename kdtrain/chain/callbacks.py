@@ -13,7 +13,7 @@ from kdtrain.callbacks.progress import TqdmProgress
 from kdtrain.callbacks.tensorboard import GenerationTensorBoard
 
 from kdtrain.chain.errors import TrainingDiverged
-from kdtrain.chain.results import model_label
+from kdtrain.chain.results import describe_model
 from kdtrain.chain.results import model_name
 from kdtrain.faults import fault_point
 
@@ -121,8 +121,8 @@ class DivergenceGuard(keras.callbacks.Callback):
                     else ""
                 )
                 raise TrainingDiverged(
-                    f"Generation {self.generation} "
-                    f"({model_label(self.generation)}) diverged: `{key}` "
+                    f"{describe_model(self.generation, capital=True)} "
+                    f"diverged: `{key}` "
                     f"became {value} {where}. Lower the learning rate or "
                     f"check the data.{saved}",
                     generation=self.generation,

@@ -68,9 +68,29 @@ def _flatten(value, prefix=""):
     return {prefix: value}
 
 
+# Settings that later versions added, with the value that does what runs
+# made before did: a directory whose configuration lacks one was made with it.
+ADDED_LATER = {"distill_ensemble": False, "settings.distill_ensemble": False}
+
+
+def _as_now(saved, current):
+    """`saved` flattened, with the settings added since filled in."""
+    saved, current = _flatten(saved), _flatten(current)
+    for key, value in ADDED_LATER.items():
+        if key not in saved and current.get(key) == value:
+            saved[key] = value
+    return saved, current
+
+
+def same_configuration(saved, current):
+    """Whether a directory's configuration `saved` is `current`'s."""
+    saved, current = _as_now(saved or {}, current)
+    return saved == current
+
+
 def describe_differences(saved, current):
     """Lines saying where two configurations differ."""
-    saved, current = _flatten(saved), _flatten(current)
+    saved, current = _as_now(saved, current)
     lines = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key, "<absent>") != current.get(key, "<absent>"):

@@ -14,22 +14,31 @@ DIRECTORY/
                          that teacher's SHA-256, history, evaluation
   gen-K/backup/epoch-N/  the last two epoch backups while K trains
   gen-K/cache/           its teacher's outputs while K trains
+  gen-ensemble/          with distill_ensemble, the student distilled from
+                         the ensemble of gen-1..gen-N, laid out like gen-K;
+                         its record names every member and its SHA-256
   results.json           the finished chain: records and table; written once
                          complete, never replaced by an unfinished version
   logs/                  TensorBoard
   report.md, report.png  kdtrain report
+  tradeoff.json          kdtrain evaluate: each model's size, MACs and speed
 ```
 
 A generation is finished when its `record.json` exists and `model.keras`
 has the SHA-256 recorded there; it is current when its teacher is the
-finished generation (with the same SHA-256) that taught it.
+finished generation (with the same SHA-256) that taught it. The student
+distilled from the ensemble is current when every generation 1..N is, with
+the SHA-256 its record names.
 """
 
 import os
 import re
 import warnings
 
+from kdtrain.callbacks.names import DISTILLED_ENSEMBLE_NAME
+from kdtrain.callbacks.names import DistilledEnsembleIndex
 from kdtrain.callbacks.names import generation_name as generation_dir_name
+from kdtrain.callbacks.names import is_distilled_ensemble
 from kdtrain import files
 from kdtrain.chain.errors import ChainWarning
 from kdtrain.chain.errors import ConfigurationMismatch
@@ -43,16 +52,19 @@ RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.toml"
 LOGS_DIR = "logs"
-REPORT_FILES = ("report.md", "report.png")
+# What the commands reading a finished run write beside it.
+REPORT_FILES = ("report.md", "report.png", "tradeoff.json")
 MODEL_FILE = "model.keras"
 RECORD_FILE = "record.json"
 BACKUP_DIR = "backup"
 CACHE_DIR = "cache"
 _WORKER = re.compile(r"^worker-\d+$")
+# A model's folder: a generation's, or the distilled ensemble's.
+_MODEL_DIR = re.compile(r"^gen-(\d+|ensemble)$")
 # What a manifest may list: the only names kdtrain writes at the top level.
 _OWN_NAME = re.compile(
     r"^(\.kdtrain\.lock|run\.json|results\.json|config\.toml|logs"
-    r"|report\.(md|png)|gen-\d+|worker-\d+)$"
+    r"|report\.(md|png)|tradeoff\.json|gen-\d+|gen-ensemble|worker-\d+)$"
 )
 
 
@@ -160,11 +172,14 @@ class ChainDirectory:
 
     # The manifest and the claim ------------------------------------------
 
-    def manifest(self, generations):
-        """The top-level names a chain of `generations` may write here."""
+    def manifest(self, generations, distilled_ensemble=False):
+        """The top-level names a chain of `generations` may write here
+        (`gen-ensemble` too with `distilled_ensemble`)."""
         names = {LOCK_FILE, RUN_FILE, RESULTS_FILE, CONFIG_FILE, LOGS_DIR,
                  *REPORT_FILES}
         names |= {generation_dir_name(k) for k in range(generations + 1)}
+        if distilled_ensemble:
+            names.add(DISTILLED_ENSEMBLE_NAME)
         names |= {f"worker-{k}" for k in range(1, self.workers)}
         return sorted(names)
 
@@ -183,13 +198,15 @@ class ChainDirectory:
             )
         return run
 
-    def claim(self, config, generations, overwrite=False):
+    def claim(self, config, generations, overwrite=False,
+              distilled_ensemble=False):
         """Makes the directory this chain's; returns whether it resumes.
 
         A directory with this configuration is resumed. An empty one (or a
         new one) is claimed: `run.json` records the configuration and the
-        manifest. A directory of another configuration is refused, or with
-        `overwrite` cleared of the files its manifest lists. Anything
+        manifest (with `gen-ensemble` when `distilled_ensemble`). A
+        directory of another configuration is refused, or with `overwrite`
+        cleared of the files its manifest lists. Anything
         kdtrain did not write is never touched. The lock must be held.
 
         Raises:
@@ -197,7 +214,9 @@ class ChainDirectory:
             RunDirectoryError: Files that are not kdtrain's.
         """
         run = self.read_run()
-        if run is not None and run.get("config") == config:
+        from kdtrain.chain.config import same_configuration
+
+        if run is not None and same_configuration(run.get("config"), config):
             self.remove_temporaries()
             return True
         if run is None:
@@ -220,7 +239,7 @@ class ChainDirectory:
         files.write_json_atomically(self.file(RUN_FILE), {
             "format": FORMAT,
             "config": config,
-            "manifest": self.manifest(generations),
+            "manifest": self.manifest(generations, distilled_ensemble),
         })
         return False
 
@@ -254,7 +273,8 @@ class ChainDirectory:
         return {n for n in names if not files.is_temporary(n)}
 
     def _clear(self, run):
-        manifest = set(run.get("manifest") or ())
+        # A run's own reports, also where its manifest predates one of them.
+        manifest = set(run.get("manifest") or ()) | set(REPORT_FILES)
         strange = sorted(n for n in manifest if not _OWN_NAME.match(n))
         if strange:
             raise RunDirectoryError(
@@ -275,7 +295,8 @@ class ChainDirectory:
         # The results and the generations go first, in discard order, and
         # run.json last: a crash midway leaves a run still known as
         # kdtrain's, which the same command clears again.
-        generations = [int(n[4:]) for n in manifest if n.startswith("gen-")]
+        generations = [int(n[4:]) for n in manifest
+                       if re.fullmatch(r"gen-\d+", n)]
         self.discard_generations(0, max(generations, default=-1))
         for name in sorted(manifest - {LOCK_FILE, RUN_FILE, RESULTS_FILE}):
             files.remove(self.file(name))
@@ -290,7 +311,7 @@ class ChainDirectory:
             path = self.file(name)
             if files.is_temporary(name):
                 files.remove(path)
-            elif re.fullmatch(r"gen-\d+", name) and os.path.isdir(path):
+            elif _MODEL_DIR.match(name) and os.path.isdir(path):
                 for root, folders, names in os.walk(path):
                     for entry in folders + names:
                         if files.is_temporary(entry):
@@ -332,7 +353,7 @@ class ChainDirectory:
             ) from None
 
     def finished_records(self, first, last, retrain_from=None,
-                         lenient=False):
+                         lenient=False, distilled_ensemble=False):
         """The records of the finished, current generations `first..last`.
 
         Generation K counts when its record and its model file agree
@@ -345,19 +366,26 @@ class ChainDirectory:
         Args:
             first, last: The generations of the chain.
             retrain_from: Optional generation to discard with every later
-                one (see `retrain`).
+                one (see `retrain`); `last + 1` discards only the student
+                distilled from the ensemble.
             lenient: Whether a damaged `results.json` is ignored with a
                 warning (it is rebuilt at the end) instead of refused.
+            distilled_ensemble: Whether the chain ends with a student
+                distilled from the ensemble of generations 1..last
+                (`gen-ensemble`), current when they all are, as its record
+                names them.
 
         Returns:
-            A dict from generation to its record.
+            A dict from generation to its record; the distilled student's
+            under its `DistilledEnsembleIndex` (`last + 1`).
 
         Raises:
             RunDirectoryError: Missing, changed or stale generations.
         """
         if retrain_from is not None:
             self.retrain(first, retrain_from, last, lenient)
-        return self._current_records(first, last, lenient)
+        return self._current_records(first, last, lenient,
+                                     distilled_ensemble)
 
     def retrain(self, first, start, last, lenient=False):
         """Discards generations `start..last` to train them again.
@@ -375,21 +403,27 @@ class ChainDirectory:
             self.read_results(lenient) or {}
         ).get("complete") is not True:
             return
-        self._current_records(first, start - 1, lenient)
+        self._current_records(first, min(start - 1, last), lenient)
         files.write_json_atomically(self.file(RUN_FILE),
                                     {**run, "retrain_from": start})
         self.discard_generations(start, last)
 
-    def _current_records(self, first, last, lenient):
-        known = self._known_records(first, last, lenient)
+    def _current_records(self, first, last, lenient,
+                         distilled_ensemble=False):
+        indices = list(range(first, last + 1))
+        if distilled_ensemble:
+            indices.append(DistilledEnsembleIndex(last))
+        known = self._known_records(indices, lenient)
         records, problems = {}, []
-        for generation in range(first, last + 1):
+        for generation in indices:
             record = known.get(generation)
             if record is None:
                 continue
             problem = self._model_problem(generation, record)
             teacher = (record.get("taught_by") or {}).get("generation")
-            if problem is None and teacher is not None and teacher >= first:
+            if problem is None and is_distilled_ensemble(generation):
+                problem = self._stale_members(record, records, last)
+            elif problem is None and teacher is not None and teacher >= first:
                 taught = records.get(teacher)
                 if taught is None or taught.get("sha256") != (
                     record["taught_by"].get("sha256")
@@ -405,17 +439,20 @@ class ChainDirectory:
                 problems.append((generation, problem))
         if problems:
             start = problems[0][0]
+            what = ("the student distilled from the ensemble"
+                    if is_distilled_ensemble(start)
+                    else f"generation {start} and every later one")
             raise RunDirectoryError(
                 f"The run in {self.path} cannot be resumed as it is:\n"
                 + "\n".join(f"  {text}." for _, text in problems)
-                + "\nNothing was changed. To train generation "
-                f"{start} and every later one again, pass {{retrain_from}}.",
+                + f"\nNothing was changed. To train {what} again, pass "
+                "{retrain_from}.",
                 self.path,
                 generation=start,
             )
         return records
 
-    def _known_records(self, first, last, lenient):
+    def _known_records(self, indices, lenient):
         """Records of gen-K/record.json, else of a finished results.json."""
         results = self.read_results(lenient) or {}
         by_name = {
@@ -424,21 +461,38 @@ class ChainDirectory:
             if isinstance(record, dict)
         }
         known = {}
-        for generation in range(first, last + 1):
+        for generation in indices:
             record = self.read_record(generation) or by_name.get(generation)
             if record is not None:
                 known[generation] = record
         return known
 
+    @staticmethod
+    def _stale_members(record, records, last):
+        """Why the distilled student's record is stale, or None when every
+        generation 1..last is finished with the SHA-256 it names."""
+        members = (record.get("taught_by") or {}).get("members") or []
+        taught = {m.get("generation"): m.get("sha256") for m in members
+                  if isinstance(m, dict)}
+        current = {k: (records.get(k) or {}).get("sha256")
+                   for k in range(1, last + 1)}
+        if taught == current and None not in current.values():
+            return None
+        return (f"{DISTILLED_ENSEMBLE_NAME} was distilled from the ensemble "
+                f"of gen-1..gen-{last} as they were then, which is no longer "
+                "on disk: its training is stale")
+
     def _model_problem(self, generation, record):
         path = self.model_path(generation)
         name = self.relative(path)
+        what = ("the student distilled from the ensemble"
+                if is_distilled_ensemble(generation)
+                else f"generation {generation}")
         if not os.path.exists(path):
-            return (f"{name} is missing, though generation {generation} "
-                    "finished")
+            return f"{name} is missing, though {what} finished"
         actual = files.sha256_file(path)
         if actual != record.get("sha256"):
-            return (f"{name} has changed since generation {generation} "
+            return (f"{name} has changed since {what} "
                     f"finished (SHA-256 {actual[:12]}... on disk, "
                     f"{str(record.get('sha256'))[:12]}... recorded)")
         return None
@@ -446,10 +500,15 @@ class ChainDirectory:
     def discard_generations(self, start, last):
         """Deletes generations `start..last` and the results built on them.
 
-        The results go first and the generations from the last down, so a
-        crash midway never leaves a generation whose teacher is gone.
+        The results go first, then the student distilled from the ensemble
+        (when the manifest lists it: it depends on every generation), then
+        the generations from the last down, so a crash midway never leaves
+        a model whose teacher is gone.
         """
         files.remove(self.results_path)
+        run = self.read_run() or {}
+        if DISTILLED_ENSEMBLE_NAME in (run.get("manifest") or ()):
+            files.remove(self.file(DISTILLED_ENSEMBLE_NAME))
         for generation in range(last, start - 1, -1):
             files.remove(self.generation_dir(generation))
 

@@ -183,8 +183,9 @@ class ChainEvaluation:
                     step, {"name": name, "split": split, "metrics": values}
                 )
 
-    def table(self, generations, recompute=False):
-        """The table of `generations` and their two ensembles.
+    def table(self, generations, recompute=False, distilled_ensemble=None):
+        """The table of `generations`, their two ensembles and, when given,
+        the student distilled from the ensemble (a `Generation`, last).
 
         Returns:
             `(table, ensemble, ensemble_with_teacher)`: rows as in
@@ -209,6 +210,13 @@ class ChainEvaluation:
             for split in self.splits:
                 table.append(self._row(name, ENSEMBLE_NAMES[name], split,
                                        evaluation[split], members))
+        if distilled_ensemble is not None:  # one model: its own column
+            evaluation = self.model(distilled_ensemble, recompute)
+            for split in self.splits:
+                table.append(self._row(
+                    distilled_ensemble.name, distilled_ensemble.label, split,
+                    evaluation[split], [distilled_ensemble],
+                ))
         return table, ensemble, with_teacher
 
     @staticmethod

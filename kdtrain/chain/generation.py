@@ -4,6 +4,7 @@ import dataclasses
 
 import keras
 
+from kdtrain.chain.results import ENSEMBLE_NAMES
 from kdtrain.chain.results import model_label
 from kdtrain.chain.results import model_name
 
@@ -51,3 +52,36 @@ class Generation:
         history.history = record.get("history", {})
         history.epoch = list(range(record.get("epochs", 0)))
         return cls(index, model, output_kind, record, history)
+
+
+@dataclasses.dataclass
+class EnsembleTeacher:
+    """The ensemble of the student generations, teaching one more student.
+
+    It teaches with the mean of its members' probabilities (a
+    `kdtrain.Distiller` given the list of their models builds the
+    `GenerationEnsemble`), the same ensemble as the table's `"ensemble"`
+    column: the students, not the teacher (Furlanello et al. 2018).
+
+    Attributes:
+        members: The `Generation`s 1..N.
+        model: Their `GenerationEnsemble`, once a `Distiller` has made it.
+        output_kind: `"probabilities"`, what the ensemble emits.
+    """
+
+    members: list
+    model: keras.Model = None
+    output_kind: str = "probabilities"
+    name = "ensemble"
+    label = ENSEMBLE_NAMES["ensemble"]
+
+    @property
+    def models(self):
+        """The members' models, in generation order."""
+        return [member.model for member in self.members]
+
+    @property
+    def lineage(self):
+        """How the student records its teacher: every member's lineage."""
+        return {"name": self.name,
+                "members": [member.lineage for member in self.members]}

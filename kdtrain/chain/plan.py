@@ -305,6 +305,7 @@ def configuration(runner, splits, epochs, teacher_epochs, fit_kwargs, probe,
             for metric in runner.metrics
         ],
         "generations": runner.generations,
+        "distill_ensemble": runner.distill_ensemble,
         "teach_from": runner.teach_from,
         # Names are numbered per process ("adam_3"): left out.
         "feature_losses": [

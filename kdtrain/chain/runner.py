@@ -9,6 +9,7 @@ where it stopped.
 """
 
 import contextlib
+import inspect
 import random
 import sys
 
@@ -31,6 +32,7 @@ from kdtrain.chain.models import compile_for_labels
 from kdtrain.chain.models import make_optimizer
 from kdtrain.chain.plan import make_plan
 from kdtrain.chain.results import GenerationResult
+from kdtrain.chain.results import distilled_ensemble_index
 from kdtrain.chain.results import model_label
 from kdtrain.chain.results import model_name
 from kdtrain.chain.results import table_splits
@@ -51,8 +53,11 @@ class GenerationRunner:
     by a `kdtrain.Distiller` on generation K-1's outputs
     (`teach_from="previous"`), or on the teacher's
     (`teach_from="teacher"`). Each generation gets a fresh optimizer and
-    fresh copies of the callbacks. At the end every model, the ensemble of
-    the students and the ensemble with the teacher are evaluated on the
+    fresh copies of the callbacks. With `distill_ensemble=True` one more
+    fresh `build_model()` student is then distilled, like a generation,
+    from the ensemble of generations 1..N: the ensemble's accuracy at the
+    cost of one model. At the end every model, the ensemble of the
+    students and the ensemble with the teacher are evaluated on the
     validation and test data.
 
     With a `directory`, the chain survives crashes (`kdtrain.chain.
@@ -89,7 +94,9 @@ class GenerationRunner:
         teach_from: `"previous"` (each generation teaches the next) or
             `"teacher"` (all learn from generation 0).
         seed: Optional integer; generation K is built and trained after
-            `keras.utils.set_random_seed(seed + K)`.
+            seeding with `seed + K` as `keras.utils.set_random_seed` does
+            (`kdtrain.tracing.set_random_seed`, which keeps TensorFlow's
+            compiled functions).
         overwrite: Whether a directory of another configuration is cleared
             (of kdtrain's own files only) instead of refused. A directory
             of the same configuration is always resumed.
@@ -142,10 +149,23 @@ class GenerationRunner:
             be read once (arrays or a dataset without random ops).
         retrain_from: Optional generation K: discard generations K..N of
             the directory (and its results) and train them again. Needed
-            when a finished generation's model is missing or changed.
+            when a finished generation's model is missing or changed. The
+            student distilled from the ensemble is discarded with them;
+            `retrain_from=N + 1` discards only that student.
         settings: Optional dict of JSON values that identify the run beyond
             what the runner sees (the command line passes how it made the
             data); recorded and compared on resume like the rest.
+        distill_ensemble: Whether the chain ends with one more fresh
+            `build_model()` student, distilled from the ensemble of the
+            student generations 1..N (the mean of their probabilities: the
+            table's `"ensemble"`, without the teacher) with the same loss,
+            `ground_truth_weight`, optimizer, epochs and callbacks as a
+            generation (a callbacks function receives N + 1). It is saved
+            in `gen-ensemble/` like a generation (resumed, cached, logged)
+            and has its own column, `"gen-ensemble"` (label
+            `"Ensemble-distilled"`), and `GenerationResult.
+            distilled_ensemble`. Needs `generations >= 2`, and no
+            `feature_losses` (an ensemble has no layers to match).
 
     Attributes:
         cache_used: After `run`, whether the students trained from cached
@@ -192,12 +212,20 @@ class GenerationRunner:
         deterministic=False,
         retrain_from=None,
         settings=None,
+        distill_ensemble=False,
     ):
+        # For `run_seeds`: the same runner with another seed and directory.
+        arguments = locals()
+        self._arguments = {
+            name: arguments[name] for name in
+            inspect.signature(GenerationRunner).parameters
+        }
         self._set_models(build_model, generations, teacher, build_teacher,
                          teacher_outputs, student_outputs)
         self._set_training(distillation_loss, ground_truth_weight, optimizer,
                            metrics, teach_from, feature_losses,
                            cache_teacher, strategy)
+        self._set_distill_ensemble(distill_ensemble)
         self._set_run(directory, seed, deterministic, overwrite,
                       retrain_from, settings, tensorboard, progress, verbose)
 
@@ -255,6 +283,27 @@ class GenerationRunner:
             )
         self.strategy = strategy
 
+    def _set_distill_ensemble(self, distill_ensemble):
+        self.distill_ensemble = validation.boolean("distill_ensemble",
+                                                   distill_ensemble)
+        if not self.distill_ensemble:
+            return
+        if self.generations < 2:
+            raise ValueError(
+                "distill_ensemble=True distills the ensemble of generations "
+                "1..N into one more student, but with generations=1 that "
+                "ensemble is generation 1 alone, and its student would be "
+                "one more Born-Again generation. Pass generations=2 or more. "
+                f"Received: generations={self.generations}, "
+                "distill_ensemble=True"
+            )
+        if self.feature_losses:
+            raise ValueError(
+                "distill_ensemble=True teaches with the ensemble's averaged "
+                "probabilities, which has no intermediate layers for "
+                "`feature_losses` to match. Pass one or the other."
+            )
+
     def _set_run(self, directory, seed, deterministic, overwrite,
                  retrain_from, settings, tensorboard, progress, verbose):
         self.directory = worker_directory(directory, self.strategy)
@@ -266,15 +315,18 @@ class GenerationRunner:
                 "pass `seed` too."
             )
         first = 0 if self.teacher is None else 1
+        last = self.generations + (1 if self.distill_ensemble else 0)
         self.retrain_from = validation.integer(
             "retrain_from", retrain_from, first, allow_none=True
         )
         if self.retrain_from is not None and (
-            self.retrain_from > self.generations or self.directory is None
+            self.retrain_from > last or self.directory is None
         ):
+            ensemble = (f" ({last}: the student distilled from the ensemble)"
+                        if self.distill_ensemble else "")
             raise ValueError(
                 "`retrain_from` names a generation of the directory to train "
-                f"again, {first}..{self.generations}, and needs a `directory`."
+                f"again, {first}..{last}{ensemble}, and needs a `directory`."
                 f" Received: retrain_from={retrain_from!r}"
             )
         self.overwrite = bool(overwrite)
@@ -409,17 +461,68 @@ class GenerationRunner:
                 finished = {}
                 if directory is not None:
                     directory.claim(plan.config, self.generations,
-                                    overwrite=self.overwrite)
+                                    overwrite=self.overwrite,
+                                    distilled_ensemble=self.distill_ensemble)
                     finished = directory.finished_records(
                         plan.first, self.generations, self.retrain_from,
                         lenient=True,
+                        distilled_ensemble=self.distill_ensemble,
                     )
                 return self._run_chain(plan, factory, directory, finished,
                                        epoch_seed)
 
+    def run_seeds(self, seeds, train_data, **run_kwargs):
+        """Runs this chain once per seed and summarizes the seeds: a study.
+
+        Each seed's chain is this runner's with `seed` set to it, in
+        `directory/seed-K` (nothing written without a `directory`); a
+        finished seed is loaded, not trained again. The summary gives every
+        model's mean and 95% confidence interval, and its paired
+        difference against the teacher of the same seed
+        (`kdtrain.study`).
+
+        Args:
+            seeds: Distinct integers >= 0, e.g. `[0, 1, 2]`.
+            train_data: The training data, as for `run`.
+            **run_kwargs: Other arguments of `run` (`validation_data`,
+                `test_data`, `epochs`...), the same for every seed.
+
+        Returns:
+            A `kdtrain.study.StudyResult`: `to_markdown()` prints the table,
+            `results[seed]` is each seed's `GenerationResult`.
+
+        Example:
+
+        ```python
+        runner = kdtrain.GenerationRunner(build_model, generations=2,
+                                          directory="study-digits")
+        study = runner.run_seeds([0, 1, 2], (x, y), test_data=(xt, yt),
+                                 epochs=10)
+        print(study.to_markdown())
+        ```
+        """
+        from kdtrain.study import run_study  # noqa: PLC0415
+
+        if self.retrain_from is not None:
+            raise ValueError(
+                "`retrain_from` discards generations of one run: on a "
+                "study it would retrain every seed again after each "
+                "interruption. Retrain the seed's run in its own directory "
+                "(directory/seed-K), then call run_seeds again. Received: "
+                f"retrain_from={self.retrain_from!r}"
+            )
+
+        def run_seed(seed, directory):
+            runner = GenerationRunner(**dict(self._arguments, seed=seed,
+                                             directory=directory))
+            return runner.run(train_data, **run_kwargs)
+
+        return run_study(seeds, run_seed, self._arguments["directory"])
+
     def _run_chain(self, plan, factory, directory, finished, epoch_seed):
-        """The Born-Again procedure: load or train each generation, then
-        evaluate the models and the ensembles."""
+        """The Born-Again procedure: load or train each generation (and the
+        student distilled from their ensemble), then evaluate the models
+        and the ensembles."""
         board, bars = self._monitors
         shared = [c for c in (plan.callbacks if isinstance(
             plan.callbacks, (list, tuple)) else []) if is_chain_callback(c)]
@@ -433,12 +536,15 @@ class GenerationRunner:
             kind = resolve_output_kind(self.teacher, self.teacher_outputs,
                                        "teacher_outputs")
             generations.append(Generation(0, self.teacher, kind))
+        indices = list(range(plan.first, self.generations + 1))
+        if self.distill_ensemble:
+            indices.append(distilled_ensemble_index(self.generations))
         events.on_chain_begin({
-            "models": self.generations + 1 - plan.first,
+            "models": len(indices),
             "finished": len(finished), "directory": self.directory,
         })
         try:
-            for index in range(plan.first, self.generations + 1):
+            for index in indices:
                 if index in finished:
                     generations.append(trainer.load(index, finished[index]))
                     continue
@@ -452,27 +558,37 @@ class GenerationRunner:
                 events.on_generation_end(
                     index, {k: v[-1] for k, v in history.items() if v}
                 )
-            result = self._finish(plan, directory, generations, evaluation)
+            distilled = generations.pop() if self.distill_ensemble else None
+            result = self._finish(plan, directory, generations, evaluation,
+                                  distilled)
             ending = {"completed": True, "table": result.table,
                       "trained": trained, **summary(self, plan)}
             return result
         finally:
             events.on_chain_end(ending)
 
-    def _finish(self, plan, directory, generations, evaluation):
-        """The table (reused from a finished run's results), results.json."""
+    def _finish(self, plan, directory, generations, evaluation,
+                distilled=None):
+        """The table (reused from a finished run's results), results.json.
+
+        `distilled` is the student distilled from the ensemble, or None.
+        """
         saved = directory.read_results(lenient=True) if directory else None
+        everyone = generations + ([distilled] if distilled is not None
+                                  else [])
+        trained = everyone[plan.first:]
         # A finished run's table stands, also for a rerun without evaluation.
         reuse = bool(saved and saved.get("complete") and saved.get("table")
                      is not None and (not plan.evaluation_splits or table_splits(
                          saved["table"]) == list(plan.evaluation_splits)))
-        if reuse and all(g.record.get("sha256") for g in generations[
-                plan.first:]):
+        if reuse and all(g.record.get("sha256") for g in trained):
             table = saved["table"]
             ensemble, with_teacher = evaluation.ensembles(generations)
         else:
-            table, ensemble, with_teacher = evaluation.table(generations)
-        for generation in generations[plan.first:]:
+            table, ensemble, with_teacher = evaluation.table(
+                generations, distilled_ensemble=distilled
+            )
+        for generation in trained:
             # Returned ready to `evaluate` on the labels.
             compile_for_labels(generation.model, generation.output_kind,
                                plan.label_format, self.make_optimizer(),
@@ -485,12 +601,13 @@ class GenerationRunner:
                 "kdtrain_version": __version__,
                 "config": plan.config,
                 "generations": {
-                    g.name: g.record for g in generations if g.record
+                    g.name: g.record for g in everyone if g.record
                 },
                 "table": table,
             })
         return GenerationResult(
             [g.model for g in generations], ensemble, with_teacher, table,
-            {g.name: g.history for g in generations},
+            {g.name: g.history for g in everyone},
             directory=self.directory, config=plan.config,
+            distilled_ensemble=None if distilled is None else distilled.model,
         )

@@ -3,6 +3,7 @@
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kdtrain import faults
@@ -26,11 +27,15 @@ from kdtrain.chain.directory import generation_dir_name
 from kdtrain.chain.errors import ChainWarning
 from kdtrain.chain.errors import TrainingDiverged
 from kdtrain.chain.errors import WorkerFailure
+from kdtrain.chain.generation import EnsembleTeacher
 from kdtrain.chain.generation import Generation
+from kdtrain.tracing import set_random_seed
 from kdtrain.chain.models import compile_for_labels
 from kdtrain.chain.models import fresh_metrics
+from kdtrain.chain.results import describe_model
 from kdtrain.chain.results import model_label
 from kdtrain.chain.results import model_name
+from kdtrain.callbacks.names import is_distilled_ensemble
 from kdtrain.distiller import Distiller
 from kdtrain.distribute import is_multi_worker
 from kdtrain.faults import fault_point
@@ -52,6 +57,22 @@ _PEER_ERRORS = (
 
 def _variable_specs(model):
     return [(tuple(v.shape), v.dtype) for v in model.variables]
+
+
+# The last teacher outputs this process computed or loaded: the chains of a
+# sweep's points learn from one teacher on the same data, which then runs
+# over them once (`kdtrain.sweep`).
+_RECENT = []
+
+
+def _recent_cache(fingerprint, kind, keys):
+    """The last cache, if it holds this teacher's outputs on these samples."""
+    for recent_kind, cache in _RECENT:
+        if (recent_kind == kind and cache.fingerprint == fingerprint
+                and keys is not None and cache.keys is not None
+                and np.array_equal(cache.keys, keys)):
+            return cache
+    return None
 
 
 class GenerationTrainer:
@@ -102,7 +123,8 @@ class GenerationTrainer:
         """Trains generation `index` (resuming its backup), saves it.
 
         Args:
-            index: The generation.
+            index: The generation, or a `DistilledEnsembleIndex` for the
+                student distilled from the ensemble of generations 1..N.
             generations: The `Generation`s before it.
 
         Returns:
@@ -110,18 +132,25 @@ class GenerationTrainer:
         """
         runner, plan = self.runner, self.plan
         if runner.seed is not None:
-            keras.utils.set_random_seed(runner.seed + index)
+            set_random_seed(runner.seed + index)  # keeps traced steps
         model = self.factory.fresh(index, plan.sample_x)
         kind = resolve_output_kind(model, runner.student_outputs,
                                    "student_outputs")
-        source = None if index == 0 else generations[
-            runner.teacher_index(index)
-        ]
+        source = self._source(index, generations)
+        frozen = []
         if source is None:
             compile_for_labels(model, kind, plan.label_format,
                                runner.make_optimizer(),
                                runner.metrics)
             trainer, (data, own) = model, self._data(None, index)
+        elif isinstance(source, EnsembleTeacher):
+            # Read before the Distiller freezes the members.
+            frozen = [(m, m.trainable) for m in source.models]
+            # Its own Distiller: a reused one's student is generation N.
+            self._reusable = None
+            trainer = self._new_distiller(model, kind, source)
+            source.model = trainer.teacher  # the members' GenerationEnsemble
+            data, own = self._data(source, index)
         else:
             # The teacher's outputs first: they may come from the model
             # that a reused Distiller trains next.
@@ -129,7 +158,7 @@ class GenerationTrainer:
             trainer = self._reused_distiller(model, kind, source,
                                              generations)
             # Read before the Distiller freezes the teacher.
-            was_trainable = source.model.trainable
+            frozen = [(source, source.model.trainable)]
             if trainer is None:
                 trainer = self._new_distiller(model, kind, source)
             else:
@@ -138,8 +167,10 @@ class GenerationTrainer:
         try:
             record = self._fit(index, trainer, data, own, source)
         finally:
-            if source is not None:  # The Distiller froze it.
-                source.model.trainable = was_trainable
+            for teacher, was_trainable in frozen:  # The Distiller froze them.
+                if isinstance(teacher, Generation):
+                    teacher = teacher.model  # replaced by a reused Distiller
+                teacher.trainable = was_trainable
         self._keep_for_reuse(trainer, kind)
         generation = Generation(index, model, kind, record)
         record["evaluation"] = self.evaluation.model(generation)
@@ -152,12 +183,27 @@ class GenerationTrainer:
             )
         return Generation.from_record(index, model, kind, generation.record)
 
+    def _source(self, index, generations):
+        """What teaches `index`: None (the labels), a `Generation`, or the
+        `EnsembleTeacher` of the students."""
+        if is_distilled_ensemble(index):
+            return EnsembleTeacher([g for g in generations if g.index >= 1])
+        if index == 0:
+            return None
+        return generations[self.runner.teacher_index(index)]
+
     # Distillers ---------------------------------------------------------------
 
     def _new_distiller(self, model, kind, source):
         runner = self.runner
-        trainer = Distiller(model, source.model,
-                            teacher_outputs=source.output_kind,
+        if isinstance(source, EnsembleTeacher):
+            # The list of members: the Distiller averages their
+            # probabilities in a GenerationEnsemble.
+            teacher = source.models
+            outputs = [member.output_kind for member in source.members]
+        else:
+            teacher, outputs = source.model, source.output_kind
+        trainer = Distiller(model, teacher, teacher_outputs=outputs,
                             student_outputs=kind, strategy=runner.strategy)
         trainer.compile(
             optimizer=runner.make_optimizer(),
@@ -255,6 +301,11 @@ class GenerationTrainer:
         if folder and TeacherOutputCache.exists(folder):
             cache = self._load_cache(folder, source)
         if cache is None:
+            cache = _recent_cache(fingerprint, source.output_kind,
+                                  arrays.keys)
+            if cache is not None and folder:
+                cache.save(folder, fault=f"{name}/cache.write")
+        if cache is None:
             self.runner.say(f"Caching the outputs of {source.label}")
             cache = TeacherOutputCache.compute(
                 teacher, arrays.x, teacher_outputs=source.output_kind,
@@ -266,6 +317,7 @@ class GenerationTrainer:
                 if cache.nbytes > MEMORY_MAP_BYTES:
                     cache = TeacherOutputCache.load(folder, memory_map=True)
         self._cache = cache
+        _RECENT[:] = [(source.output_kind, cache)]
         return cache
 
     def _load_cache(self, folder, source):
@@ -326,7 +378,7 @@ class GenerationTrainer:
             tail.append(GenerationBackup(
                 self.directory.backup_dir(index),
                 stateful_objects=[record, *stateful(user)],
-                label=f"generation {index} ({model_label(index)})",
+                label=describe_model(index),
                 fault_prefix=name,
                 frozen=[trainer.teacher] if isinstance(trainer, Distiller)
                 else [],
@@ -418,7 +470,7 @@ class GenerationTrainer:
             if path else ""
         )
         return WorkerFailure(
-            f"Generation {index} ({model_label(index)}) stopped: "
+            f"{describe_model(index, capital=True)} stopped: "
             "multi-worker training lost contact with another worker "
             f"({type(error).__name__}: {detail}).{saved}",
             generation=index,
