@@ -256,7 +256,8 @@ def build_parser():
         ("evaluate", "Evaluate every model and ensemble of a run on its test "
          "split; print the table, and what each model costs."),
         ("report", "Write the run's table as Markdown and a PNG plot of "
-         "accuracy and loss per generation (needs matplotlib)."),
+         "accuracy and loss per generation, or a study's intervals, or a "
+         "sweep's heatmap (needs matplotlib)."),
     ):
         sub = subparsers.add_parser(command, help=description,
                                     description=description,
