@@ -97,7 +97,6 @@ class GenerationTrainer:
         self.epoch_seed = epoch_seed
         self.monitors = [m for m in monitors if m is not None]
         self.evaluation = evaluation
-        self._cache = None
         self._reusable = None
         self._initial_optimizer = []
 
@@ -293,10 +292,6 @@ class GenerationTrainer:
         fingerprint = weights_fingerprint(teacher)
         folder = self.directory.cache_dir(index) if self.directory else None
         name = generation_dir_name(index)
-        if self._cache is not None and self._cache.fingerprint == fingerprint:
-            if folder and not TeacherOutputCache.exists(folder):
-                self._cache.save(folder, fault=f"{name}/cache.write")
-            return self._cache
         cache = None
         if folder and TeacherOutputCache.exists(folder):
             cache = self._load_cache(folder, source)
@@ -316,7 +311,6 @@ class GenerationTrainer:
                 cache.save(folder, fault=f"{name}/cache.write")
                 if cache.nbytes > MEMORY_MAP_BYTES:
                     cache = TeacherOutputCache.load(folder, memory_map=True)
-        self._cache = cache
         _RECENT[:] = [(source.output_kind, cache)]
         return cache
 
