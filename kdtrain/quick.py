@@ -243,18 +243,16 @@ def _finished_study(command, settings):
         return None
     if not results or not results.get("complete") or (
         results.get("kdtrain_version") != __version__
-    ) or results.get("seeds") != list(settings.seeds):
+    ) or results.get("seeds") != list(settings.seeds) or study.stale_runs(
+        settings.directory, study.study_runs(results)
+    ):
         return None
-    for seed in settings.seeds:
+    for seed in settings.seeds:  # each run's settings and model files
         seeded = dataclasses.replace(
             settings, seeds=None, seed=seed,
             directory=study.seed_directory(settings.directory, seed),
         )
-        run = (results.get("runs") or {}).get(str(seed)) or {}
-        table = finished_table(command, seeded)
-        if table is None or not run.get("table") or (
-            table != markdown_table(run["table"])
-        ):
+        if finished_table(command, seeded) is None:
             return None
     return study.study_markdown(results)
 

@@ -322,7 +322,8 @@ def stale_runs(directory, runs):
             summarized from it).
 
     Returns:
-        The folders that changed since (retrained, unfinished, missing).
+        The folders whose numbers changed since (retrained, unfinished,
+        missing).
     """
     stale = []
     for folder, table in runs:
@@ -332,10 +333,18 @@ def stale_runs(directory, runs):
         except (OSError, ValueError):
             own = None
         if not isinstance(own, dict) or not own.get("complete") or (
-            own.get("table") != table
+            _measured(own.get("table")) != _measured(table)
         ):
             stale.append(folder)
     return stale
+
+
+def _measured(table):
+    """A table's rows without their labels: the command names the columns
+    for display (`kdtrain distill`'s "Student (wrn-16-1)"), the run does
+    not record them so."""
+    return [{k: v for k, v in row.items() if k != "label"}
+            for row in table or ()]
 
 
 def study_runs(results):

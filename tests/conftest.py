@@ -82,3 +82,33 @@ def tensorboard_events(path):
     )
     accumulator.Reload()
     return accumulator
+
+
+# Runs the command line in a fresh process and reports whether it loaded
+# TensorFlow (or Keras) on the way.
+_TF_PROBE = (
+    "import sys\n"
+    "from kdtrain.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('CODE', code)\n"
+    "print('TF', 'tensorflow' in sys.modules or 'keras' in sys.modules)\n"
+)
+
+
+def run_without_tensorflow(argv, cwd=None):
+    """`kdtrain ARGV` in a fresh process.
+
+    Returns:
+        `(exit code, whether TensorFlow or Keras loaded, stdout, stderr)`.
+    """
+    import subprocess
+    import sys
+
+    process = subprocess.run(
+        [sys.executable, "-c", _TF_PROBE, *argv], cwd=cwd, text=True,
+        capture_output=True, timeout=HANG_GUARD,
+    )
+    lines = process.stdout.splitlines()
+    code = int(next(line for line in lines if line.startswith("CODE"))[5:])
+    loaded = next(line for line in lines if line.startswith("TF")) == "TF True"
+    return code, loaded, process.stdout, process.stderr

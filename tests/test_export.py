@@ -2,14 +2,12 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import HANG_GUARD
+from conftest import run_without_tensorflow
 from kdtrain import cli
 from kdtrain import export
 from kdtrain import parity
@@ -192,24 +190,6 @@ def test_a_missing_extra_names_it(monkeypatch):
 
 # The command -----------------------------------------------------------------
 
-_TF_PROBE = (
-    "import sys\n"
-    "from kdtrain import cli\n"
-    "code = cli.main(sys.argv[1:])\n"
-    "print('CODE', code)\n"
-    "print('TF', 'tensorflow' in sys.modules)\n"
-)
-
-
-def probe(argv, cwd):
-    """Runs the command line in a fresh process; says if TensorFlow loaded."""
-    process = subprocess.run(
-        [sys.executable, "-c", _TF_PROBE, *argv], cwd=cwd, text=True,
-        capture_output=True, timeout=HANG_GUARD,
-    )
-    lines = process.stdout.splitlines()
-    code = int(next(line for line in lines if line.startswith("CODE"))[5:])
-    return code, "TF True" in lines, process.stderr
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -232,8 +212,8 @@ def probe(argv, cwd):
 ])
 def test_bad_usage_is_refused_before_tensorflow(argv, message,
                                                 tiny_digits_run, tmp_path):
-    code, loaded, stderr = probe(["export", str(tiny_digits_run), *argv],
-                                 tmp_path)
+    code, loaded, _, stderr = run_without_tensorflow(
+        ["export", str(tiny_digits_run), *argv], tmp_path)
     assert code == cli.EXIT_USAGE
     assert not loaded
     assert message.format(run=tiny_digits_run) in stderr

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import HANG_GUARD
 from conftest import mlp
+from conftest import run_without_tensorflow
 import kdtrain
 from kdtrain import cli
 from kdtrain import options
@@ -257,30 +258,21 @@ def test_the_command_line_study_prints_intervals_and_keeps_each_run(
 
 def test_a_finished_study_answers_without_tensorflow(cli_study):
     directory, out = cli_study
-    probe = ("import sys; from kdtrain import cli; code = cli.main(sys.argv"
-             "[1:]); print('TF', 'tensorflow' in sys.modules); "
-             "sys.exit(code)")
-    process = subprocess.run(
-        [sys.executable, "-c", probe, "ban", "--seeds", "0,1", *SMALL,
-         "--directory", str(directory)], capture_output=True, text=True,
-        timeout=HANG_GUARD, cwd=directory.parent,
-    )
-    assert process.returncode == 0, process.stderr
-    assert "TF False" in process.stdout
+    code, loaded, stdout, stderr = run_without_tensorflow(
+        ["ban", "--seeds", "0,1", *SMALL, "--directory", str(directory)],
+        directory.parent)
+    assert code == 0, stderr
+    assert not loaded
     table = out[out.index("| Model"):].split("\n\n")[0]
-    assert table in process.stdout
+    assert table in stdout
 
 
 def test_report_draws_error_bars_from_the_intervals(cli_study, capsys):
     directory, _ = cli_study
-    probe = ("import sys; from kdtrain import cli; code = cli.main(sys.argv"
-             "[1:]); print('TF', 'tensorflow' in sys.modules); "
-             "sys.exit(code)")
-    process = subprocess.run([sys.executable, "-c", probe, "report",
-                              str(directory)], capture_output=True,
-                             text=True, timeout=HANG_GUARD)
-    assert process.returncode == 0, process.stderr
-    assert "TF False" in process.stdout  # a study's report needs no TF
+    code, loaded, _, stderr = run_without_tensorflow(["report",
+                                                     str(directory)])
+    assert code == cli.EXIT_OK, stderr
+    assert not loaded  # a study's report needs no TensorFlow
     assert (directory / "report.png").stat().st_size > 10_000
     assert "95% CI" in (directory / "report.md").read_text()
     results = study.read_study(directory)
@@ -421,6 +413,11 @@ def test_distill_with_seeds_labels_its_models(tmp_path):
     assert "| Student (wrn-10-1) |" in process.stdout
     config = (tmp_path / "d" / "config.toml").read_text()
     assert 'command = "distill"' in config and "seeds = [0, 1]" in config
+    # The study's tables carry the command's labels; its runs' do not.
+    code, _, stdout, stderr = run_without_tensorflow(["report", "d"],
+                                                     tmp_path)
+    assert code == cli.EXIT_OK, stderr
+    assert "| Student (wrn-10-1) |" in stdout
 
 
 def test_run_seeds_refuses_retrain_from(tmp_path):
