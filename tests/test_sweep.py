@@ -201,3 +201,22 @@ def test_the_last_teacher_outputs_serve_only_their_teacher_and_samples():
         assert training._recent_cache("f" * 64, "logits", None) is None
     finally:
         training._RECENT.clear()
+
+
+def test_a_sweep_killed_writing_its_results_trains_nothing_again(
+    cli_sweep, tmp_path,
+):
+    # A sweep of its own: its points name their teacher by absolute path.
+    argv = ["sweep", *GRID, *POINT, "--directory", "grid"]
+    killed = kdtrain_run(argv, tmp_path, fault="sweep/results.write")
+    assert killed.returncode == -9
+    assert not (tmp_path / "grid" / "results.json").exists()
+    rerun = kdtrain_run(argv, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Training" not in rerun.stdout
+    for mine, theirs in zip(sweep.read_sweep(tmp_path / "grid")["points"],
+                            sweep.read_sweep(cli_sweep[0])["points"]):
+        for row_a, row_b in zip(mine["runs"]["0"], theirs["runs"]["0"]):
+            assert [row_a[k] for k in ("name", "split", "accuracy", "loss")] \
+                == [row_b[k] for k in ("name", "split", "accuracy", "loss")]
+    assert not [n for n in (tmp_path / "grid").iterdir() if ".tmp" in n.name]
